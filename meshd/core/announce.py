@@ -1,0 +1,216 @@
+"""Announcements: a node's signed statement about itself.
+
+An announcement carries the node's certificate, so any node can relay it and any receiver can
+check it alone. Its `version` only grows (the daemon persists it and never goes below the wall
+clock in milliseconds, so a node that lost its state still outranks its old record). The version
+doubles as SWIM's incarnation number: refuting a suspicion means signing a newer announcement.
+
+Checks run in this order and stop at the first failure, before any state changes:
+size -> structure -> signature -> certificate (CA, mesh, validity, revocation, claimed prefixes)
+-> version (done by the peer table, which knows the newest version seen).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import ipaddress
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from meshd.core import encoding as enc
+from meshd.core.cert import (
+    Certificate,
+    TrustAnchor,
+    check_certificate,
+    decode_certificate,
+    parse_prefix_list,
+)
+from meshd.core.errors import LocalProtocolError, Reject, RemoteProtocolError
+from meshd.core.identity import KEY_LEN, SIGNATURE_LEN, SigningKey, verify_signature
+
+ANNOUNCEMENT_FORMAT = 1
+ANNOUNCEMENT_DOMAIN = b"meshd-announcement-v1\x00"
+# Fits one datagram inside the tunnel (WireGuard MTU 1420 - 48 bytes of IPv6+UDP headers) with
+# room for the message envelope.
+MAX_ANNOUNCEMENT_SIZE = 1280
+MAX_ENDPOINTS = 8
+
+Endpoint = tuple[str, int]
+
+
+class Status(enum.IntEnum):
+    ALIVE = 0
+    """The node is (or believes it is) a member."""
+    LEFT = 1
+    """Signed graceful leave: drop this node now, do not wait for failure detection."""
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """A verified (or locally made) announcement. `raw` is what travels and is relayed."""
+
+    cert: Certificate
+    """The node's certificate; `cert.identity_key` signed this announcement."""
+    version: int
+    """Only grows; newer replaces older everywhere. Also the SWIM incarnation."""
+    wg_public_key: bytes
+    """Current WireGuard public key (X25519)."""
+    next_wg_public_key: bytes | None
+    """Key the node switches to at `next_wg_key_at` (key rotation), or None."""
+    next_wg_key_at: int
+    """Unix milliseconds when `next_wg_public_key` becomes current; 0 if none."""
+    endpoints: tuple[Endpoint, ...]
+    """Underlay (IP literal, port) pairs where the node's WireGuard listens, best first."""
+    prefixes: tuple[str, ...]
+    """Prefixes advertised now; always a subset of `cert.prefixes`."""
+    status: Status
+    """ALIVE, or LEFT for a graceful leave."""
+    meshd_port: int
+    """UDP port of meshd (join on the underlay, gossip inside the tunnel)."""
+    issued_at: int
+    """Unix milliseconds when signed; informational (logs, status)."""
+    signature: bytes = field(repr=False)
+    raw: bytes = field(repr=False, compare=False)
+
+    @property
+    def node_id(self) -> bytes:
+        return self.cert.identity_key
+
+    @property
+    def name(self) -> str:
+        return self.cert.name
+
+
+def sign_announcement(
+    identity: SigningKey,
+    cert: Certificate,
+    *,
+    version: int,
+    wg_public_key: bytes,
+    endpoints: Iterable[Endpoint],
+    meshd_port: int,
+    issued_at: int,
+    prefixes: Iterable[str] = (),
+    status: Status = Status.ALIVE,
+    next_wg_public_key: bytes | None = None,
+    next_wg_key_at: int = 0,
+) -> Announcement:
+    """Sign our own announcement. Misuse (a prefix the certificate does not grant, a key that is
+    not ours) raises `LocalProtocolError`: a node never claims what it may not."""
+    if identity.public != cert.identity_key:
+        raise LocalProtocolError("identity key does not match the certificate")
+    eps = tuple((str(ipaddress.ip_address(h)), int(p)) for h, p in endpoints)
+    prefs = tuple(prefixes)
+    if not set(prefs) <= set(cert.prefixes):
+        missing = sorted(set(prefs) - set(cert.prefixes))
+        raise LocalProtocolError(f"prefixes {missing} are not granted by the certificate")
+    if len(eps) > MAX_ENDPOINTS:
+        raise LocalProtocolError(f"at most {MAX_ENDPOINTS} endpoints")
+    body = enc.pack(
+        (ANNOUNCEMENT_FORMAT, cert.raw, version, wg_public_key, next_wg_public_key,
+         next_wg_key_at, eps, prefs, int(status), meshd_port, issued_at)
+    )  # fmt: skip
+    raw = enc.pack((body, identity.sign(ANNOUNCEMENT_DOMAIN, body)))
+    if len(raw) > MAX_ANNOUNCEMENT_SIZE:
+        raise LocalProtocolError(f"announcement is {len(raw)} bytes, limit {MAX_ANNOUNCEMENT_SIZE}")
+    return _decode(raw)
+
+
+def _endpoints(value: object) -> tuple[Endpoint, ...]:
+    items = enc.expect_tuple(value, "endpoints")
+    if len(items) > MAX_ENDPOINTS:
+        raise RemoteProtocolError(Reject.MALFORMED, f"more than {MAX_ENDPOINTS} endpoints")
+    out: list[Endpoint] = []
+    for item in items:
+        host, port = enc.expect_tuple(item, "endpoint", 2)
+        host = enc.expect_str(host, "endpoint host", 45)
+        try:
+            canonical = str(ipaddress.ip_address(host))
+        except ValueError:
+            raise RemoteProtocolError(Reject.MALFORMED, f"endpoint {host!r} is not an IP") from None
+        if canonical != host:
+            raise RemoteProtocolError(Reject.MALFORMED, f"endpoint {host!r} not canonical")
+        out.append((host, enc.expect_int(port, "endpoint port", 1, 65535)))
+    return tuple(out)
+
+
+def _decode(data: bytes) -> Announcement:
+    """Size, structure and signature checks (no trust decisions)."""
+    outer = enc.expect_tuple(enc.unpack(data, "announcement", MAX_ANNOUNCEMENT_SIZE), "ann", 2)
+    body_bytes = enc.expect_bytes(outer[0], "announcement body")
+    signature = enc.expect_bytes(outer[1], "announcement signature", SIGNATURE_LEN)
+    body = enc.expect_tuple(
+        enc.unpack(body_bytes, "announcement body", MAX_ANNOUNCEMENT_SIZE), "announcement", 11
+    )
+    if body[0] != ANNOUNCEMENT_FORMAT:
+        raise RemoteProtocolError(Reject.UNSUPPORTED_VERSION, f"announcement format {body[0]!r}")
+    cert = decode_certificate(enc.expect_bytes(body[1], "announcement certificate"))
+    next_key = body[4]
+    if next_key is not None:
+        next_key = enc.expect_bytes(next_key, "next wireguard key", KEY_LEN)
+    try:
+        status = Status(enc.expect_int(body[8], "status", 0, 255))
+    except ValueError:
+        raise RemoteProtocolError(Reject.MALFORMED, f"unknown status {body[8]}") from None
+    ann = Announcement(
+        cert=cert,
+        version=enc.expect_int(body[2], "version"),
+        wg_public_key=enc.expect_bytes(body[3], "wireguard key", KEY_LEN),
+        next_wg_public_key=next_key,
+        next_wg_key_at=enc.expect_int(body[5], "next key time"),
+        endpoints=_endpoints(body[6]),
+        prefixes=parse_prefix_list(body[7], "advertised prefixes"),
+        status=status,
+        meshd_port=enc.expect_int(body[9], "meshd port", 1, 65535),
+        issued_at=enc.expect_int(body[10], "issued at"),
+        signature=signature,
+        raw=data,
+    )
+    if not verify_signature(cert.identity_key, ANNOUNCEMENT_DOMAIN, body_bytes, signature):
+        raise RemoteProtocolError(Reject.BAD_SIGNATURE, f"announcement of {cert.name!r}")
+    return ann
+
+
+class AnnouncementVerifier:
+    """Checks announcements against the trust anchor and the revocation list.
+
+    Signature checks dominate the cost (~80 us each, two per announcement), and gossip delivers
+    the same announcement many times, so results of the expensive part are cached by the hash
+    of the raw bytes. Time and revocation are re-checked on every call: both change over time.
+    """
+
+    def __init__(
+        self,
+        trust: TrustAnchor,
+        is_revoked: Callable[[Certificate], bool] = lambda c: False,
+        cache_size: int = 4096,
+    ) -> None:
+        self.trust = trust
+        self.is_revoked = is_revoked
+        self._cache: OrderedDict[bytes, Announcement] = OrderedDict()
+        self._cache_size = cache_size
+
+    def verify(self, data: bytes, now: float) -> Announcement:
+        """Return the announcement or raise `RemoteProtocolError`. `now` is Unix seconds."""
+        if len(data) > MAX_ANNOUNCEMENT_SIZE:
+            raise RemoteProtocolError(
+                Reject.OVERSIZE, f"announcement is {len(data)} bytes, limit {MAX_ANNOUNCEMENT_SIZE}"
+            )
+        digest = hashlib.blake2b(data, digest_size=16).digest()
+        ann = self._cache.get(digest)
+        if ann is None:
+            ann = _decode(data)
+        else:
+            self._cache.move_to_end(digest)
+        check_certificate(ann.cert, self.trust, now, self.is_revoked)
+        if not set(ann.prefixes) <= set(ann.cert.prefixes):
+            raise RemoteProtocolError(
+                Reject.NOT_CERTIFIED, f"{ann.name!r} advertises prefixes its certificate lacks"
+            )
+        if digest not in self._cache:
+            self._cache[digest] = ann
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return ann
