@@ -1,0 +1,226 @@
+"""meshctl: the operator's command line.
+
+Offline commands (CA and certificates) work on files. Commands that talk to a running meshd go
+through `meshd.client` only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import nacl.utils
+
+from meshd import keyfiles
+from meshd.ca import CertificateAuthority, describe_certificate
+from meshd.core.cert import TrustAnchor, check_certificate, decode_certificate
+from meshd.core.errors import MeshError, RemoteProtocolError
+from meshd.core.identity import SigningKey
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+class CommandError(Exception):
+    """A command failed in a way the operator can act on; printed without a traceback."""
+
+
+def _ca_init(args: argparse.Namespace) -> int:
+    ca = CertificateAuthority.init(Path(args.dir), args.mesh, force=args.force)
+    print(f"created mesh CA for mesh {ca.mesh!r} in {args.dir}")
+    print(f"  trust anchor (give to every node): {Path(args.dir) / 'ca.pub'}")
+    print(f"  CA key (keep offline):            {Path(args.dir) / 'ca.key'}")
+    return EXIT_OK
+
+
+def _parse_time(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return int(time.mktime(time.strptime(text, "%Y-%m-%d")))
+    except ValueError:
+        raise CommandError(f"time {text!r}: use Unix seconds or YYYY-MM-DD") from None
+
+
+def _cert_issue(args: argparse.Namespace) -> int:
+    ca = CertificateAuthority.open(Path(args.ca_dir))
+    out = Path(args.out_dir) if args.out_dir else Path("nodes") / args.name
+    key_path = out / "identity.key"
+    if args.public_key:
+        identity_key = keyfiles.decode_key(args.public_key, "--public-key")
+        identity = None
+    else:
+        if key_path.exists() and not args.force:
+            raise CommandError(f"{key_path} exists; use --force to replace it, or --public-key")
+        identity = SigningKey(nacl.utils.random(32))
+        identity_key = identity.public
+    now = int(time.time())
+    not_before = _parse_time(args.not_before) if args.not_before else now - 300
+    not_after = _parse_time(args.not_after) if args.not_after else now + args.days * 86400
+    cert = ca.issue(
+        name=args.name,
+        identity_key=identity_key,
+        ipv4=args.ipv4,
+        ipv4_pool=args.ipv4_pool,
+        prefixes=args.prefix,
+        roles=args.role,
+        not_before=not_before,
+        not_after=not_after,
+    )
+    if identity is not None:
+        keyfiles.write_secret(key_path, keyfiles.encode_key(identity.seed), overwrite=args.force)
+    keyfiles.ensure_private_dir(out)
+    cert_path = out / "node.cert"
+    keyfiles.write_public(cert_path, keyfiles.armor(keyfiles.CERT_LABEL, cert.raw))
+    keyfiles.write_public(out / "ca.pub", (Path(args.ca_dir) / "ca.pub").read_bytes())
+    print(f"issued certificate serial {cert.serial} for {cert.name} ({', '.join(cert.addresses)})")
+    print(f"  {cert_path}")
+    if identity is not None:
+        print(f"  {key_path} (secret)")
+    print(f"  {out / 'ca.pub'}")
+    return EXIT_OK
+
+
+def _load_trust(path: str | None, mesh: str) -> TrustAnchor | None:
+    if path is None:
+        return None
+    return TrustAnchor(mesh, (keyfiles.read_key(Path(path), secret=False),))
+
+
+def _cert_show(args: argparse.Namespace) -> int:
+    raw = keyfiles.read_armored(Path(args.file), keyfiles.CERT_LABEL)
+    try:
+        cert = decode_certificate(raw)
+    except RemoteProtocolError as exc:
+        raise CommandError(f"certificate {args.file} is invalid: {exc}") from None
+    now = time.time()
+    info = describe_certificate(cert, now)
+    trust = _load_trust(args.ca, cert.mesh)
+    if trust is not None:
+        try:
+            check_certificate(cert, trust, now)
+            info["trusted"] = True
+        except RemoteProtocolError as exc:
+            info["trusted"] = False
+            info["error"] = str(exc)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        rows = [
+            ("name", info["name"]),
+            ("mesh", info["mesh"]),
+            ("serial", str(info["serial"])),
+            ("identity key", info["identity_key"]),
+            ("addresses", ", ".join(info["addresses"])),
+            ("prefixes", ", ".join(info["prefixes"]) or "-"),
+            ("roles", ", ".join(info["roles"]) or "-"),
+            ("valid", f"{_utc(cert.not_before)} .. {_utc(cert.not_after)} ({info['state']})"),
+            ("CA key", info["ca_key"]),
+        ]
+        if "trusted" in info:
+            rows.append(("trusted", "yes" if info["trusted"] else f"NO: {info['error']}"))
+        for label, value in rows:
+            print(f"{label + ':':14}{value}")
+    return EXIT_OK if info["state"] == "valid" and info.get("trusted", True) else EXIT_FAIL
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+
+def _cert_revoke(args: argparse.Namespace) -> int:
+    ca = CertificateAuthority.open(Path(args.ca_dir))
+    record = ca.find(args.certificate)
+    rev, path = ca.revoke(record, int(time.time()), args.reason)
+    print(f"revoked serial {rev.serial} ({record.name}); hand this record to any node:")
+    print(f"  {path}")
+    print(f"  meshctl revoke apply {path}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meshctl", description="Control meshd and manage the mesh CA and certificates."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    ca = sub.add_parser("ca", help="mesh certificate authority (offline)")
+    ca_sub = ca.add_subparsers(dest="ca_command", metavar="ACTION", required=True)
+    p = ca_sub.add_parser("init", help="create a new mesh CA key pair")
+    p.add_argument("--mesh", required=True, help="mesh name (a-z, 0-9, '-'); seeds the /48")
+    p.add_argument("--dir", default="ca", help="CA directory (default: ./ca)")
+    p.add_argument("--force", action="store_true", help="replace an existing CA key")
+    p.set_defaults(func=_ca_init)
+
+    cert = sub.add_parser("cert", help="node certificates (offline)")
+    cert_sub = cert.add_subparsers(dest="cert_command", metavar="ACTION", required=True)
+    p = cert_sub.add_parser("issue", help="issue a node certificate (and identity key)")
+    p.add_argument("--name", required=True, help="node name, DNS-style")
+    p.add_argument("--ca-dir", default="ca", help="CA directory (default: ./ca)")
+    p.add_argument(
+        "--out-dir",
+        help="where to write node.cert, identity.key and ca.pub (default: ./nodes/NAME)",
+    )
+    p.add_argument(
+        "--public-key", help="certify this identity public key (base64) instead of making a new key"
+    )
+    p.add_argument(
+        "--ipv4",
+        metavar="ADDR|auto",
+        help="grant an IPv4 overlay address: an "
+        "address, or 'auto' for a free one from --ipv4-pool (default: IPv6 only)",
+    )
+    p.add_argument(
+        "--ipv4-pool",
+        default="100.64.0.0/10",
+        help="pool for --ipv4 auto (default: 100.64.0.0/10, RFC 6598 shared space)",
+    )
+    p.add_argument(
+        "--prefix",
+        action="append",
+        default=[],
+        help="a prefix the node may "
+        "advertise (repeatable): subnet, NAT64 prefix, ::/0 or 0.0.0.0/0 for exit",
+    )
+    p.add_argument("--role", action="append", default=[], help="a role (repeatable)")
+    p.add_argument("--days", type=int, default=365, help="validity in days (default: 365)")
+    p.add_argument(
+        "--not-before",
+        help="start of validity (Unix seconds or YYYY-MM-DD; default: now - 5 min for clock skew)",
+    )
+    p.add_argument("--not-after", help="end of validity (overrides --days)")
+    p.add_argument("--force", action="store_true", help="replace an existing identity key")
+    p.set_defaults(func=_cert_issue)
+    p = cert_sub.add_parser("show", help="print and check a certificate")
+    p.add_argument("file", help="certificate file (node.cert)")
+    p.add_argument("--ca", help="CA public key file: also check the certificate against it")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cert_show)
+    p = cert_sub.add_parser("revoke", help="issue a CA-signed revocation record")
+    p.add_argument("certificate", help="serial number or node name (from the CA's ledger)")
+    p.add_argument("--ca-dir", default="ca", help="CA directory (default: ./ca)")
+    p.add_argument("--reason", default="", help="free text, at most 128 characters")
+    p.set_defaults(func=_cert_revoke)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except (CommandError, MeshError) as exc:
+        print(f"meshctl: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+import pytest
+
+from meshd.core import encoding as enc
+from meshd.core.announce import (
+    ANNOUNCEMENT_DOMAIN,
+    MAX_ANNOUNCEMENT_SIZE,
+    AnnouncementVerifier,
+    Status,
+    sign_announcement,
+)
+from meshd.core.errors import LocalProtocolError, Reject, RemoteProtocolError
+from tests.unit.helpers import NOW, OTHER_CA, TRUST, announcement, node_cert, node_key
+
+
+def verify(data: bytes, **kw: object) -> Reject | None:
+    verifier = AnnouncementVerifier(TRUST, **kw)  # type: ignore[arg-type]
+    try:
+        verifier.verify(data, NOW)
+    except RemoteProtocolError as exc:
+        return exc.reason
+    return None
+
+
+def test_valid_announcement_verifies_with_all_fields() -> None:
+    ann = announcement(1, version=42)
+    got = AnnouncementVerifier(TRUST).verify(ann.raw, NOW)
+    assert got == ann
+    assert got.version == 42
+    assert got.endpoints == (("192.0.2.1", 51820), ("2001:db8::1", 51820))
+    assert got.status == Status.ALIVE
+    assert got.node_id == node_key(1).public
+
+
+def test_forged_announcement_is_refused() -> None:
+    # Node 2 signs an announcement carrying node 1's certificate.
+    cert = node_cert(1)
+    outer = enc.unpack(announcement(1).raw, "a", MAX_ANNOUNCEMENT_SIZE)
+    forged = enc.pack((outer[0], node_key(2).sign(ANNOUNCEMENT_DOMAIN, outer[0])))
+    assert verify(forged) == Reject.BAD_SIGNATURE
+    assert verify(announcement(1, cert=cert).raw) is None
+
+
+@pytest.mark.parametrize(
+    ("cert_kwargs", "reason"),
+    [
+        ({"ca": OTHER_CA}, Reject.UNKNOWN_CA),
+        ({"not_after": int(NOW) - 10}, Reject.CERT_EXPIRED),
+        ({"mesh": "elsewhere"}, Reject.WRONG_MESH),
+    ],
+)
+def test_announcement_with_untrusted_certificate_is_refused(
+    cert_kwargs: dict[str, object], reason: Reject
+) -> None:
+    cert = node_cert(3, **cert_kwargs)  # type: ignore[arg-type]
+    assert verify(announcement(3, cert=cert).raw) == reason
+
+
+def test_revoked_node_is_refused_even_after_a_cached_verification() -> None:
+    revoked: set[int] = set()
+    verifier = AnnouncementVerifier(TRUST, is_revoked=lambda c: c.serial in revoked)
+    ann = announcement(4)
+    verifier.verify(ann.raw, NOW)  # now cached
+    revoked.add(4)
+    with pytest.raises(RemoteProtocolError) as exc:
+        verifier.verify(ann.raw, NOW)
+    assert exc.value.reason == Reject.REVOKED
+
+
+def test_cached_announcement_still_expires() -> None:
+    verifier = AnnouncementVerifier(TRUST)
+    ann = announcement(5)
+    verifier.verify(ann.raw, NOW)
+    with pytest.raises(RemoteProtocolError) as exc:
+        verifier.verify(ann.raw, ann.cert.not_after + 1)
+    assert exc.value.reason == Reject.CERT_EXPIRED
+
+
+def test_oversized_announcement_is_refused_before_parsing() -> None:
+    assert verify(b"\x92" + b"\x00" * MAX_ANNOUNCEMENT_SIZE) == Reject.OVERSIZE
+
+
+def test_uncertified_prefix_cannot_be_signed() -> None:
+    cert = node_cert(6, prefixes=("10.6.0.0/24",))
+    with pytest.raises(LocalProtocolError, match="not granted"):
+        sign_announcement(
+            node_key(6), cert, version=1, wg_public_key=bytes(32), endpoints=[],
+            meshd_port=1, issued_at=0, prefixes=["0.0.0.0/0"],
+        )  # fmt: skip
+
+
+def test_uncertified_prefix_from_a_peer_is_refused() -> None:
+    # A malicious member with a valid key signs a body claiming a prefix its certificate lacks.
+    cert = node_cert(7, prefixes=("10.7.0.0/24",))
+    good = sign_announcement(
+        node_key(7), cert, version=1, wg_public_key=bytes(32), endpoints=[], meshd_port=1,
+        issued_at=0, prefixes=["10.7.0.0/24"],
+    )  # fmt: skip
+    body = list(enc.unpack(enc.unpack(good.raw, "a", 2048)[0], "b", 2048))
+    body[7] = ("0.0.0.0/0",)
+    raw_body = enc.pack(tuple(body))
+    evil = enc.pack((raw_body, node_key(7).sign(ANNOUNCEMENT_DOMAIN, raw_body)))
+    assert verify(evil) == Reject.NOT_CERTIFIED
+
+
+def test_identity_must_match_certificate() -> None:
+    with pytest.raises(LocalProtocolError, match="does not match"):
+        sign_announcement(
+            node_key(9), node_cert(8), version=1, wg_public_key=bytes(32), endpoints=[],
+            meshd_port=1, issued_at=0,
+        )  # fmt: skip
