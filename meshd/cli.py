@@ -7,6 +7,7 @@ through `meshd.client` only.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
@@ -17,6 +18,8 @@ import nacl.utils
 
 from meshd import keyfiles
 from meshd.ca import CertificateAuthority, describe_certificate
+from meshd.client import MeshdClient
+from meshd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from meshd.core.cert import TrustAnchor, check_certificate, decode_certificate
 from meshd.core.errors import MeshError, RemoteProtocolError
 from meshd.core.identity import SigningKey
@@ -143,11 +146,144 @@ def _cert_revoke(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _client(args: argparse.Namespace) -> MeshdClient:
+    if args.socket:
+        return MeshdClient(Path(args.socket))
+    try:  # the socket path may be configured; fall back to the default if config is unusable
+        return MeshdClient(load_config(DEFAULT_CONFIG_PATH).socket)
+    except ConfigError:
+        return MeshdClient(Path("/run/meshd/meshd.sock"))
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.0f}h ago"
+
+
+def _bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def format_status(status: dict[str, object]) -> str:
+    """`meshctl status`: this node on top, then one line per peer, like `wg show` condensed."""
+    node = status["node"]
+    assert isinstance(node, dict)
+    peers = status["peers"]
+    assert isinstance(peers, list)
+    lines = [
+        f"{node['name']}  mesh {node['mesh']}  {' '.join(node['overlay_addresses'])}",
+        f"  interface {node['interface']} ({node['backend']}), listening on "
+        f"{node['listen_port']}, version {node['version']}, "
+        f"{'connected' if status['connected'] else 'NOT CONNECTED'}",
+    ]
+    warnings = status.get("warnings") or []
+    assert isinstance(warnings, list)
+    lines += [f"  warning: {w}" for w in warnings]
+    if not peers:
+        lines.append("  no peers")
+        return "\n".join(lines) + "\n"
+    header = ("PEER", "OVERLAY", "ENDPOINT", "STATE", "HANDSHAKE", "RTT", "RX / TX")
+    rows = [header]
+    for p in sorted(peers, key=lambda p: str(p["name"])):
+        rtt = f"{p['rtt_ms']:.1f}ms" if p.get("rtt_ms") is not None else "-"
+        rows.append((
+            str(p["name"]), str(p["overlay_addresses"][0]), str(p.get("endpoint") or "-"),
+            str(p["state"]), _age(p.get("handshake_age_s")), rtt,
+            f"{_bytes(int(p.get('rx_bytes', 0)))} / {_bytes(int(p.get('tx_bytes', 0)))}",
+        ))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines.append("")
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = asyncio.run(_client(args).status())
+    print(
+        json.dumps(status, indent=2) if args.json else format_status(status),
+        end="\n" if args.json else "",
+    )
+    return EXIT_OK
+
+
+def _peers(args: argparse.Namespace) -> int:
+    peers = asyncio.run(_client(args).peers())
+    if args.json:
+        print(json.dumps(peers, indent=2))
+    else:
+        for p in sorted(peers, key=lambda p: str(p["name"])):
+            print(
+                f"{p['name']}\t{p['state']}\t{' '.join(p['overlay_addresses'])}\t"
+                f"{p.get('endpoint') or '-'}"
+            )
+    return EXIT_OK
+
+
+def _health(args: argparse.Namespace) -> int:
+    health = asyncio.run(_client(args).health())
+    if not args.quiet:
+        print(("healthy: " if health["healthy"] else "unhealthy: ") + str(health["reason"]))
+    return EXIT_OK if health["healthy"] else EXIT_FAIL
+
+
+def _leave(args: argparse.Namespace) -> int:
+    result = asyncio.run(_client(args).leave())
+    print(result.get("message", "left the mesh"))
+    return EXIT_OK
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    result = asyncio.run(_client(args).rotate())
+    print(result.get("message", json.dumps(result)))
+    return EXIT_OK
+
+
+def _revoke_apply(args: argparse.Namespace) -> int:
+    record = keyfiles.read_armored(Path(args.file), keyfiles.REVOCATION_LABEL)
+    result = asyncio.run(_client(args).apply_revocation(record))
+    print(result.get("message", json.dumps(result)))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshctl", description="Control meshd and manage the mesh CA and certificates."
     )
+    parser.add_argument(
+        "--socket",
+        help="meshd API socket (default: from /etc/meshd/meshd.toml, else /run/meshd/meshd.sock)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("status", help="this node and its peers at a glance")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_status)
+    p = sub.add_parser("peers", help="list peers")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_peers)
+    p = sub.add_parser("health", help="exit 0 only when connected to the mesh (HEALTHCHECK)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no output, exit code only")
+    p.set_defaults(func=_health)
+    p = sub.add_parser("leave", help="leave the mesh gracefully (meshd keeps running)")
+    p.set_defaults(func=_leave)
+    p = sub.add_parser("rotate", help="rotate this node's WireGuard key now")
+    p.set_defaults(func=_rotate)
+    revoke = sub.add_parser("revoke", help="hand a revocation record to the running meshd")
+    revoke_sub = revoke.add_subparsers(dest="revoke_command", metavar="ACTION", required=True)
+    p = revoke_sub.add_parser("apply", help="apply a revocation record (spreads to the mesh)")
+    p.add_argument("file", help="revocation file from `meshctl cert revoke`")
+    p.set_defaults(func=_revoke_apply)
 
     ca = sub.add_parser("ca", help="mesh certificate authority (offline)")
     ca_sub = ca.add_subparsers(dest="ca_command", metavar="ACTION", required=True)
