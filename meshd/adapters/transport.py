@@ -1,0 +1,199 @@
+"""meshd's sockets: one UDP socket for join (underlay) and gossip (overlay), one TCP listener
+for bulk state sync inside the tunnel.
+
+Telling underlay from overlay: a datagram is *overlay* only if it arrived on the mesh interface
+(IPV6_PKTINFO / IP_PKTINFO give the arrival interface). Such a packet was decrypted by WireGuard,
+which checked that its source address is in the sending peer's AllowedIPs, so the source overlay
+address authenticates the sender. A packet from the underlay that merely *claims* an overlay
+source address arrives on another interface and is treated as underlay (join messages only).
+
+Streams: each stream message is one TCP connection to the peer's overlay address carrying one
+length-prefixed message, one way (a push-pull answer is another connection back). A TCP
+connection whose local address is our overlay address completed its handshake through the
+tunnel, so its source is authenticated the same way. Connections to any other local address
+are closed unread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+MAX_DATAGRAM = 65535
+MAX_STREAM_MESSAGE = 16 * 1024 * 1024  # 16 MiB: ~12,000 announcements of state in one sync
+STREAM_TIMEOUT = 10.0
+
+# Linux constants missing from Python's socket module on some builds.
+IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+
+
+@dataclass(frozen=True)
+class Received:
+    data: bytes
+    source: Address
+    overlay: bool
+    """True when the message came through the mesh interface (authenticated source)."""
+
+
+def _unmap(host: str) -> str:
+    """`::ffff:192.0.2.1` -> `192.0.2.1`: peers know IPv4 endpoints in IPv4 form."""
+    addr = ipaddress.ip_address(host.split("%", 1)[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+def _arrival_ifindex(ancdata: list[tuple[int, int, bytes]]) -> int | None:
+    for level, kind, data in ancdata:
+        if level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(data) >= 20:
+            return int(struct.unpack_from("=I", data, 16)[0])  # in6_pktinfo: addr[16], ifindex
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 4:
+            return int(struct.unpack_from("=i", data, 0)[0])  # in_pktinfo: ifindex first
+    return None
+
+
+class MeshTransport:
+    def __init__(
+        self,
+        port: int,
+        interface: str,
+        overlay_addresses: list[str],
+        on_message: Callable[[Received], None],
+    ) -> None:
+        self.port = port
+        self.interface = interface
+        self.overlay_addresses = {str(ipaddress.ip_address(a)) for a in overlay_addresses}
+        self.on_message = on_message
+        self._udp: socket.socket | None = None
+        self._tcp: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.send_errors = 0
+
+    def mesh_ifindex(self) -> int | None:
+        try:
+            return socket.if_nametoindex(self.interface)
+        except OSError:
+            return None  # interface not there (yet, or being repaired)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        sock.setblocking(False)
+        try:
+            sock.bind(("::", self.port))
+        except OSError as exc:
+            sock.close()
+            raise OSError(
+                exc.errno, f"binding meshd UDP port {self.port}: {exc.strerror}"
+            ) from None
+        self._udp = sock
+        loop.add_reader(sock.fileno(), self._read_datagrams)
+        self._tcp = await asyncio.start_server(
+            self._accept, host="::", port=self.port, reuse_address=True, limit=2**20
+        )
+
+    def _read_datagrams(self) -> None:
+        assert self._udp is not None
+        mesh_index = self.mesh_ifindex()
+        for _ in range(64):  # bounded batch: other callbacks get their turn
+            try:
+                data, ancdata, _flags, source = self._udp.recvmsg(MAX_DATAGRAM, 256)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
+                log.debug("receiving on meshd UDP port: %s", exc)
+                continue
+            self.bytes_received += len(data)
+            ifindex = _arrival_ifindex(ancdata)
+            overlay = mesh_index is not None and ifindex == mesh_index
+            try:
+                self.on_message(Received(data, (_unmap(source[0]), source[1]), overlay))
+            except Exception:  # the receive path must never take the socket down
+                log.exception("handling a datagram from %s", source[0])
+
+    def send(self, destination: Address, data: bytes) -> None:
+        if self._udp is None:
+            return
+        host, port = destination
+        addr = ipaddress.ip_address(host)
+        target = f"::ffff:{addr}" if addr.version == 4 else str(addr)
+        try:
+            self._udp.sendto(data, (target, port))
+            self.bytes_sent += len(data)
+        except OSError as exc:
+            # No route yet (peer not configured), buffer full: gossip tolerates loss.
+            self.send_errors += 1
+            log.debug("sending %d bytes to %s: %s", len(data), destination, exc)
+
+    def send_stream(self, destination: Address, data: bytes) -> None:
+        """Deliver one message reliably over TCP inside the tunnel, in the background."""
+        task = asyncio.get_running_loop().create_task(self._send_stream(destination, data))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send_stream(self, destination: Address, data: bytes) -> None:
+        try:
+            async with asyncio.timeout(STREAM_TIMEOUT):
+                _, writer = await asyncio.open_connection(destination[0], destination[1])
+                try:
+                    writer.write(struct.pack("!I", len(data)) + data)
+                    await writer.drain()
+                    self.bytes_sent += len(data) + 4
+                finally:
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+        except (OSError, TimeoutError) as exc:
+            self.send_errors += 1
+            log.debug("stream to %s failed: %s", destination, exc)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            local = _unmap(writer.get_extra_info("sockname")[0])
+            peer = writer.get_extra_info("peername")
+            if local not in self.overlay_addresses:
+                return  # not through the tunnel: unauthenticated, close unread
+            async with asyncio.timeout(STREAM_TIMEOUT):
+                (length,) = struct.unpack("!I", await reader.readexactly(4))
+                if length > MAX_STREAM_MESSAGE:
+                    log.info("stream from %s announced %d bytes; refused", peer[0], length)
+                    return
+                data = await reader.readexactly(length)
+            self.bytes_received += length + 4
+            self.on_message(Received(data, (_unmap(peer[0]), peer[1]), overlay=True))
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, struct.error) as exc:
+            log.debug("stream receive failed: %s", exc)
+        except Exception:
+            log.exception("handling a stream message")
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self._udp is not None:
+            asyncio.get_running_loop().remove_reader(self._udp.fileno())
+            self._udp.close()
+            self._udp = None
+        if self._tcp is not None:
+            self._tcp.close()
+            await self._tcp.wait_closed()
+            self._tcp = None
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,102 @@
+"""MeshTransport on loopback. With interface "lo" standing in for the mesh interface, packets
+over lo count as overlay; the same socket tells them apart from underlay packets by the arrival
+interface, which is what matters."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+
+from meshd.adapters.transport import MeshTransport, Received
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+        s.bind(("::", 0))
+        port: int = s.getsockname()[1]
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+        s.bind(("::", port))  # also free for TCP, or try again
+    return port
+
+
+async def wait_for(queue: asyncio.Queue[Received]) -> Received:
+    return await asyncio.wait_for(queue.get(), timeout=5)
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[MeshTransport, MeshTransport, asyncio.Queue[Received]]]:
+    inbox: asyncio.Queue[Received] = asyncio.Queue()
+    a = MeshTransport(free_port(), "lo", ["::1"], inbox.put_nowait)
+    b = MeshTransport(free_port(), "meshd-absent0", ["fd00::1"], lambda r: None)
+    await a.start()
+    await b.start()
+    try:
+        yield a, b, inbox
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_datagrams_report_source_and_arrival_interface(
+    pair: tuple[MeshTransport, MeshTransport, asyncio.Queue[Received]],
+) -> None:
+    a, b, inbox = pair
+    b.send(("::1", a.port), b"over-v6")
+    got = await wait_for(inbox)
+    assert (got.data, got.source, got.overlay) == (b"over-v6", ("::1", b.port), True)
+    b.send(("127.0.0.1", a.port), b"over-v4")
+    got = await wait_for(inbox)
+    assert (got.data, got.source, got.overlay) == (b"over-v4", ("127.0.0.1", b.port), True)
+    assert a.bytes_received == len(b"over-v6") + len(b"over-v4")
+
+
+async def test_underlay_datagrams_are_not_overlay() -> None:
+    inbox: asyncio.Queue[Received] = asyncio.Queue()
+    t = MeshTransport(free_port(), "meshd-absent0", ["fd00::1"], inbox.put_nowait)
+    await t.start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(b"join?", ("127.0.0.1", t.port))
+        got = await wait_for(inbox)
+        assert (got.data, got.source[0], got.overlay) == (b"join?", "127.0.0.1", False)
+    finally:
+        await t.close()
+
+
+async def test_stream_message_is_delivered_only_to_the_overlay_address(
+    pair: tuple[MeshTransport, MeshTransport, asyncio.Queue[Received]],
+) -> None:
+    a, b, inbox = pair
+    big = bytes(range(256)) * 4000  # larger than any datagram
+    b.send_stream(("127.0.0.1", a.port), b"not through the tunnel")
+    await asyncio.gather(*b._tasks)  # the refused message was written and the socket closed
+    b.send_stream(("::1", a.port), big)
+    got = await wait_for(inbox)
+    assert (got.data, got.overlay) == (big, True)  # the first message to arrive is the second
+    assert inbox.empty()
+
+
+async def test_a_failing_handler_does_not_stop_the_socket() -> None:
+    seen: list[bytes] = []
+    both = asyncio.Event()
+
+    def handler(r: Received) -> None:
+        seen.append(r.data)
+        if len(seen) == 2:
+            both.set()
+        if r.data == b"boom":
+            raise RuntimeError("handler bug")
+
+    t = MeshTransport(free_port(), "lo", ["::1"], handler)
+    await t.start()
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.sendto(b"boom", ("::1", t.port))
+            s.sendto(b"after", ("::1", t.port))
+        await asyncio.wait_for(both.wait(), timeout=5)
+        assert seen == [b"boom", b"after"]
+    finally:
+        await t.close()
