@@ -1,0 +1,31 @@
+from meshd.core.endpoints import EndpointChoice
+
+E1, E2, NAT = ("192.0.2.1", 51820), ("2001:db8::1", 51820), ("198.51.100.7", 40000)
+
+
+def test_first_announced_endpoint_is_used_at_once() -> None:
+    c = EndpointChoice()
+    assert c.update((E1, E2), None, None, now=0) == E1
+
+
+def test_fresh_handshake_keeps_the_roamed_endpoint() -> None:
+    c = EndpointChoice()
+    c.update((E1, E2), None, None, now=0)
+    assert c.update((E1, E2), 5.0, NAT, now=30) == NAT
+    assert c.update((E1, E2), 100.0, NAT, now=200) == NAT
+
+
+def test_stale_handshake_walks_the_announced_list() -> None:
+    c = EndpointChoice()
+    c.update((E1, E2), None, None, now=0)
+    assert c.update((E1, E2), None, E1, now=5) == E1  # not yet: give E1 its retries
+    assert c.update((E1, E2), None, E1, now=10) == E2
+    assert c.update((E1, E2), None, E2, now=15) == E2
+    assert c.update((E1, E2), None, E2, now=20) == E1  # wraps around
+    assert c.update((E1, E2), 300.0, NAT, now=21) == E1  # stale handshake: NAT not trusted
+
+
+def test_new_announcement_restarts_with_its_best_endpoint() -> None:
+    c = EndpointChoice()
+    c.update((E1,), 1.0, NAT, now=0)
+    assert c.update((E2,), 1.0, NAT, now=1) == E2  # the peer moved: use its new address now
