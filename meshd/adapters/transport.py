@@ -38,12 +38,18 @@ IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 
 
+UNDERLAY, OVERLAY, STREAM = "underlay", "overlay", "stream"
+"""Channels, as the membership core names them (`meshd.core.wire.Channel` values)."""
+
+
 @dataclass(frozen=True)
 class Received:
     data: bytes
     source: Address
-    overlay: bool
-    """True when the message came through the mesh interface (authenticated source)."""
+    channel: str
+    """UNDERLAY: a datagram from outside the tunnel (anyone may have sent it); OVERLAY: a
+    datagram that came through the mesh interface (authenticated source); STREAM: a stream
+    message through the tunnel (authenticated source)."""
 
 
 def _unmap(host: str) -> str:
@@ -121,9 +127,9 @@ class MeshTransport:
                 continue
             self.bytes_received += len(data)
             ifindex = _arrival_ifindex(ancdata)
-            overlay = mesh_index is not None and ifindex == mesh_index
+            channel = OVERLAY if mesh_index is not None and ifindex == mesh_index else UNDERLAY
             try:
-                self.on_message(Received(data, (_unmap(source[0]), source[1]), overlay))
+                self.on_message(Received(data, (_unmap(source[0]), source[1]), channel))
             except Exception:  # the receive path must never take the socket down
                 log.exception("handling a datagram from %s", source[0])
 
@@ -176,7 +182,7 @@ class MeshTransport:
                     return
                 data = await reader.readexactly(length)
             self.bytes_received += length + 4
-            self.on_message(Received(data, (_unmap(peer[0]), peer[1]), overlay=True))
+            self.on_message(Received(data, (_unmap(peer[0]), peer[1]), STREAM))
         except (OSError, TimeoutError, asyncio.IncompleteReadError, struct.error) as exc:
             log.debug("stream receive failed: %s", exc)
         except Exception:

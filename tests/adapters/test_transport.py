@@ -46,10 +46,10 @@ async def test_datagrams_report_source_and_arrival_interface(
     a, b, inbox = pair
     b.send(("::1", a.port), b"over-v6")
     got = await wait_for(inbox)
-    assert (got.data, got.source, got.overlay) == (b"over-v6", ("::1", b.port), True)
+    assert (got.data, got.source, got.channel) == (b"over-v6", ("::1", b.port), "overlay")
     b.send(("127.0.0.1", a.port), b"over-v4")
     got = await wait_for(inbox)
-    assert (got.data, got.source, got.overlay) == (b"over-v4", ("127.0.0.1", b.port), True)
+    assert (got.data, got.source, got.channel) == (b"over-v4", ("127.0.0.1", b.port), "overlay")
     assert a.bytes_received == len(b"over-v6") + len(b"over-v4")
 
 
@@ -61,7 +61,7 @@ async def test_underlay_datagrams_are_not_overlay() -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.sendto(b"join?", ("127.0.0.1", t.port))
         got = await wait_for(inbox)
-        assert (got.data, got.source[0], got.overlay) == (b"join?", "127.0.0.1", False)
+        assert (got.data, got.source[0], got.channel) == (b"join?", "127.0.0.1", "underlay")
     finally:
         await t.close()
 
@@ -75,7 +75,7 @@ async def test_stream_message_is_delivered_only_to_the_overlay_address(
     await asyncio.gather(*b._tasks)  # the refused message was written and the socket closed
     b.send_stream(("::1", a.port), big)
     got = await wait_for(inbox)
-    assert (got.data, got.overlay) == (big, True)  # the first message to arrive is the second
+    assert (got.data, got.channel) == (big, "stream")  # the first message to arrive is the second
     assert inbox.empty()
 
 
