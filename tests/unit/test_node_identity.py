@@ -75,7 +75,7 @@ def test_unsafe_or_missing_files_stop_startup(tmp_path: Path) -> None:
     with pytest.raises(StartupError, match="too open"):
         load_identity(config)
     config.identity_key.unlink()
-    with pytest.raises(StartupError, match="identity.key: No such file"):
+    with pytest.raises(StartupError, match=r"identity\.key: No such file"):
         load_identity(config)
 
 
