@@ -24,10 +24,13 @@ def pack(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def unpack(data: bytes, what: str, max_size: int) -> Any:
+def unpack(
+    data: bytes, what: str, max_size: int, *, max_array: int = MAX_ARRAY, max_bin: int = MAX_BIN
+) -> Any:
     """Decode canonical msgpack or raise `RemoteProtocolError`.
 
     Arrays come back as tuples (hashable, immutable). `what` names the object for the message.
+    `max_array`/`max_bin` may be raised for bulk messages that travel on a stream (push-pull).
     """
     if len(data) > max_size:
         raise RemoteProtocolError(Reject.OVERSIZE, f"{what} is {len(data)} bytes, limit {max_size}")
@@ -37,9 +40,9 @@ def unpack(data: bytes, what: str, max_size: int) -> Any:
             raw=False,
             use_list=False,
             strict_map_key=True,
-            max_bin_len=MAX_BIN,
+            max_bin_len=max_bin,
             max_str_len=MAX_STR,
-            max_array_len=MAX_ARRAY,
+            max_array_len=max_array,
             max_map_len=0,
             max_ext_len=0,
         )

@@ -29,6 +29,8 @@ class Reject(enum.StrEnum):
     CONFLICT = "conflict"
     UNKNOWN_SENDER = "unknown_sender"
     RATE_LIMITED = "rate_limited"
+    WRONG_CHANNEL = "wrong_channel"
+    UNKNOWN_TYPE = "unknown_type"
 
 
 class MeshError(Exception):

@@ -1,0 +1,1157 @@
+"""Mesh membership: a sans-IO SWIM + Lifeguard state machine.
+
+Theory of operation
+===================
+
+Every node holds a record per other node: its newest verified `Announcement` (whose `version`
+is the SWIM incarnation number) and a state. The local node's own announcement is not a record;
+only it may sign a newer one.
+
+States and transitions (SWIM, Das et al. 2002, section 4.2 "suspicion mechanism")::
+
+    (unknown) --announcement ALIVE--> ALIVE                       PeerJoined
+    ALIVE   --probe failed / suspect claim v >= version--> SUSPECT  PeerSuspected
+    SUSPECT --announcement version > v (refutation)--> ALIVE        PeerAlive
+    SUSPECT --suspicion timer expires / dead claim--> DEAD          PeerDead
+    ALIVE|SUSPECT --announcement LEFT (signed leave)--> LEFT        PeerLeft
+    ALIVE|SUSPECT --newer announcement, content changed--> same     PeerUpdated
+    DEAD|LEFT --announcement version > tombstone's--> ALIVE          PeerJoined (rejoin)
+    DEAD|LEFT --tombstone_ttl elapsed--> (forgotten)
+
+A claim or announcement older than the record is STALE and refused; one of the same version is
+a duplicate and ignored. So replayed or stale gossip changes nothing, and a tombstone blocks a
+dead node's old announcement; a restarted node signs version >= wall-clock milliseconds, which
+outranks whatever it signed before.
+
+Timers (all driven by `handle_timer(now)`; `get_timer()` gives the next deadline):
+
+* probe, every `probe_interval` x local health (SWIM section 3.1, Lifeguard IV-A): ping the
+  next member of a shuffled round-robin list (SWIM section 4.3). No ack within
+  `probe_timeout` x health -> ping-req through `indirect_checks` members, which nack if the
+  target stays silent (Lifeguard IV-A). No ack by the end of the period -> suspect it.
+* suspicion, per suspected node (Lifeguard IV-B, `suspicion.py`): starts at max, shrinks with
+  each independent confirmation; on expiry the node is declared DEAD.
+* gossip, every `gossip_interval` while the broadcast queue is not empty (SWIM 4.1,
+  `queue.py`): queued items to `gossip_nodes` random members. Items also ride on every ping,
+  ack and ping-req. Fresh news is in addition forwarded at once ("eager") to `eager_fanout`
+  random members on first receipt, which makes joins and leaves reach 1,000 nodes in ~10 ms.
+* push-pull, every `push_pull_interval`: state-hash comparison with one random member over a
+  stream; on a mismatch digests are exchanged and only missing/newer announcements sent.
+  Dead/suspect entries in a peer's digest raise a local suspicion (as memberlist does), so a
+  node declared dead on the other side of a healed partition learns it and refutes.
+* reconnect, every `reconnect_interval`: a join request over the underlay to one random DEAD
+  member (and to the seeds when no member is alive). Dead members are unreachable in the
+  tunnel, so without this a 50/50 partition would stay split forever (as in wesher).
+* join retries and tombstone expiry.
+
+Local health (Lifeguard IV-A): a score in [0, awareness_max - 1], +1 for a failed probe whose
+relays did not nack, for each missing nack, and for having to refute; -1 for each successful
+probe. Probe interval and timeout are multiplied by score + 1, so a node whose own network or
+CPU is the problem slows down instead of accusing healthy peers.
+
+Trust: only join messages are accepted from the underlay, and their content is signed. Inside
+the tunnel WireGuard authenticates the source address, so unsigned content (acks, nacks,
+suspect/dead claims, ping-reqs, digests) is only believed from a known member's overlay
+address; announcements and revocations are accepted from anyone since they verify themselves.
+Every check (size, structure, signature, certificate, revocation, version) runs before any
+state changes; a refused message becomes a `MessageRejected` event and a counter, never an
+exception.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import heapq
+import math
+import random
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from meshd.core import wire
+from meshd.core.announce import (
+    Announcement,
+    AnnouncementVerifier,
+    Endpoint,
+    Status,
+    sign_announcement,
+)
+from meshd.core.cert import (
+    Certificate,
+    Revocation,
+    TrustAnchor,
+    check_revocation,
+    decode_revocation,
+)
+from meshd.core.config import MembershipConfig
+from meshd.core.errors import LocalProtocolError, Reject, RemoteProtocolError
+from meshd.core.identity import SigningKey
+from meshd.core.queue import BroadcastQueue
+from meshd.core.suspicion import Suspicion
+from meshd.core.wire import (
+    AnnounceItem,
+    Channel,
+    DeadItem,
+    DigestEntry,
+    Item,
+    MemberState,
+    RevocationItem,
+    SuspectItem,
+)
+
+Address = tuple[str, int]
+_LIVE = (MemberState.ALIVE, MemberState.SUSPECT)
+
+# --- events ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PeerJoined:
+    """A node became a member (first seen, or back after dead/left with a higher version)."""
+
+    announcement: Announcement
+    """Its current announcement: keys, endpoints, prefixes, certificate."""
+
+
+@dataclass(frozen=True)
+class PeerUpdated:
+    """A member signed a new announcement whose content changed (keys, endpoints, prefixes)."""
+
+    announcement: Announcement
+    """The new announcement."""
+    previous: Announcement
+    """The one it replaces."""
+
+
+@dataclass(frozen=True)
+class PeerSuspected:
+    """A member is suspected of having failed; it is still a member (keep its WireGuard peer)."""
+
+    node_id: bytes
+    """Identity key of the suspected member."""
+    version: int
+    """Announcement version the suspicion is about."""
+
+
+@dataclass(frozen=True)
+class PeerAlive:
+    """A suspected member refuted the suspicion with a newer announcement."""
+
+    announcement: Announcement
+    """The refuting announcement."""
+
+
+@dataclass(frozen=True)
+class PeerDead:
+    """A member was declared failed (suspicion expired, a dead claim, or its cert revoked)."""
+
+    announcement: Announcement
+    """Its last announcement (the tombstone)."""
+
+
+@dataclass(frozen=True)
+class PeerLeft:
+    """A member left gracefully (signed LEFT announcement)."""
+
+    announcement: Announcement
+    """The signed LEFT announcement."""
+
+
+@dataclass(frozen=True)
+class RevocationAdded:
+    """A new CA-signed revocation was accepted; certificates it names are refused from now."""
+
+    revocation: Revocation
+    """The revocation record (persist it)."""
+
+
+@dataclass(frozen=True)
+class MessageRejected:
+    """A received message, or part of it, was refused and dropped."""
+
+    reason: Reject
+    """Stable label (metrics)."""
+    source: Address
+    """Where it came from (host, port)."""
+    detail: str = field(default="", compare=False)
+    """Human-readable detail for the log; not part of equality so tests compare reasons."""
+
+
+Event = (
+    PeerJoined
+    | PeerUpdated
+    | PeerSuspected
+    | PeerAlive
+    | PeerDead
+    | PeerLeft
+    | RevocationAdded
+    | MessageRejected
+)
+
+
+class Transmit(NamedTuple):
+    """One message for the adapter to send."""
+
+    destination: Address
+    """(host, port): an overlay address + meshd port, or a seed's underlay address."""
+    data: bytes
+    """The encoded message."""
+    channel: Channel
+    """UNDERLAY/OVERLAY: one UDP datagram from that socket. STREAM: open (or reuse) a stream to
+    the destination inside the tunnel, write a 4-byte big-endian length and the data; on the
+    receiving side call `receive(data, peer_address, now, Channel.STREAM)` per framed message."""
+
+
+# --- records ---------------------------------------------------------------------------------
+
+
+class Member:
+    """What this node knows about one other node."""
+
+    __slots__ = ("ann", "expires", "overlay", "state", "suspicion")
+
+    def __init__(self, ann: Announcement, state: MemberState) -> None:
+        self.ann = ann
+        self.state = state
+        self.overlay = ann.cert.addresses[0]
+        self.suspicion: Suspicion | None = None
+        self.expires = math.inf
+        """Tombstone expiry (DEAD/LEFT)."""
+
+    @property
+    def address(self) -> Address:
+        return (self.overlay, self.ann.meshd_port)
+
+    @property
+    def version(self) -> int:
+        return self.ann.version
+
+
+@dataclass(slots=True)
+class _Probe:
+    target: bytes
+    seq: int
+    indirect_at: float
+    indirect_sent: bool = False
+    acked: bool = False
+    nacks_expected: int = 0
+    nacks: int = 0
+
+
+@dataclass(slots=True)
+class _Relay:
+    requester: Address
+    requester_seq: int
+    nack_at: float
+    expires: float
+    nacked: bool = False
+
+
+@dataclass(slots=True)
+class _PendingJoin:
+    destination: Address
+    deadline: float
+    attempts: int
+    hops: int
+    retry: bool
+
+
+class _Why(enum.Enum):
+    GOSSIP = 1
+    BOOTSTRAP = 2
+
+
+def _content(ann: Announcement) -> tuple[object, ...]:
+    return (ann.cert.raw, ann.wg_public_key, ann.next_wg_public_key, ann.next_wg_key_at,
+            ann.endpoints, ann.prefixes, ann.meshd_port)  # fmt: skip
+
+
+def _hash_term(node_id: bytes, version: int) -> int:
+    h = hashlib.blake2b(node_id + version.to_bytes(8, "big"), digest_size=16).digest()
+    return int.from_bytes(h, "big")
+
+
+class MeshNode:
+    """One node's membership state machine. See the module docstring.
+
+    Inputs: `receive`, `handle_timer`, `join`, `leave`, `update_self`.
+    Outputs: `datagrams_to_send`, `next_event`, `get_timer`.
+    """
+
+    def __init__(
+        self,
+        config: MembershipConfig,
+        *,
+        identity: SigningKey,
+        certificate: Certificate,
+        trust: TrustAnchor,
+        wg_public_key: bytes,
+        endpoints: Iterable[Endpoint],
+        meshd_port: int,
+        rng: random.Random,
+        now: float,
+        prefixes: Iterable[str] = (),
+        last_version: int = 0,
+        verifier: AnnouncementVerifier | None = None,
+        peers: Iterable[Announcement] = (),
+        revocations: Iterable[Revocation] = (),
+    ) -> None:
+        """`last_version`: the highest version this node signed before (persisted); the new one
+        is above it and above the wall clock in ms. `peers`: verified announcements from the
+        store (known peers survive restarts); they start ALIVE and are probed. `verifier` may be
+        shared between nodes (the simulator does): revocation is checked here, not there."""
+        self.config = config
+        self._identity = identity
+        self._trust = trust
+        self._rng = rng
+        self._verifier = verifier or AnnouncementVerifier(trust)
+        self.node_id = identity.public
+        self._revoked: set[tuple[bytes, int]] = set()
+        for rev in revocations:
+            self._revoked.add((rev.ca_key, rev.serial))
+
+        self._members: dict[bytes, Member] = {}
+        self._by_overlay: dict[str, bytes] = {}
+        self._live: list[bytes] = []
+        self._live_pos: dict[bytes, int] = {}
+        self._probe_list: list[bytes] = []
+        self._probe_next = 0
+        self._tombstones: set[bytes] = set()
+        self._hash = 0
+
+        self._queue = BroadcastQueue(
+            lambda: config.retransmit_limit(len(self._live) + 1), config.queue_limit
+        )
+        self._fresh: list[Item] = []
+        self._fresh_exclude: set[bytes] = set()
+        self._events: deque[Event] = deque()
+        self._out: list[Transmit] = []
+        self.stats: Counter[str] = Counter()
+        """Counters: sent/received messages and bytes, duplicates, and `rejected.<reason>`."""
+
+        self._health = 0
+        self._seq = rng.randrange(1 << 31)
+        self._probe: _Probe | None = None
+        self._relays: dict[int, _Relay] = {}
+        self._suspect_heap: list[tuple[float, bytes]] = []
+        self._joins: dict[bytes, _PendingJoin] = {}
+        self._seeds: list[Address] = []
+        self._joined = False
+        self._bootstrap_from: set[bytes] = set()
+        self._left = False
+        self._underlay_refute_after = -math.inf
+
+        stagger = rng.random()  # desynchronise nodes started together
+        self._next_probe = now + stagger * config.probe_interval
+        self._next_gossip = now + stagger * config.gossip_interval
+        self._next_push_pull = now + (0.5 + stagger) * config.push_pull_interval
+        self._next_reconnect = now + (0.5 + stagger) * config.reconnect_interval
+        self._next_reap = now + min(1.0, config.tombstone_ttl / 10)
+
+        self._me = sign_announcement(
+            identity, certificate, version=max(last_version + 1, int(now * 1000)),
+            wg_public_key=wg_public_key, endpoints=endpoints, meshd_port=meshd_port,
+            issued_at=int(now * 1000), prefixes=prefixes,
+        )  # fmt: skip
+        self._hash ^= _hash_term(self.node_id, self._me.version)
+        for ann in peers:
+            if ann.node_id != self.node_id and ann.status is Status.ALIVE:
+                self._add(ann, MemberState.ALIVE, probe=False)
+                self._events.append(PeerJoined(ann))
+        self._probe_list = list(self._live)
+        rng.shuffle(self._probe_list)
+
+    # --- public API: outputs -----------------------------------------------------------------
+
+    @property
+    def announcement(self) -> Announcement:
+        """Our current signed announcement (persist `version` to survive restarts)."""
+        return self._me
+
+    @property
+    def health(self) -> int:
+        """Lifeguard local health score (0 = healthy)."""
+        return self._health
+
+    @property
+    def leave_finished(self) -> bool:
+        """After `leave`: our LEFT announcement has been sent its retransmit limit of times."""
+        return self._left and all(
+            not (isinstance(i, AnnounceItem) and i.announcement == self._me.raw)
+            for i in self._queue.items()
+        )
+
+    def member(self, node_id: bytes) -> Member | None:
+        return self._members.get(node_id)
+
+    def members(self) -> list[Member]:
+        """All records, including DEAD/LEFT tombstones."""
+        return list(self._members.values())
+
+    def live_members(self) -> list[Announcement]:
+        """Announcements of ALIVE and SUSPECT members (the WireGuard peer set)."""
+        return [self._members[n].ann for n in self._live]
+
+    def datagrams_to_send(self) -> list[Transmit]:
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def events(self) -> list[Event]:
+        """Pop all pending events."""
+        out = list(self._events)
+        self._events.clear()
+        return out
+
+    def get_timer(self) -> float:
+        """Next deadline at which `handle_timer` must run."""
+        t = min(self._next_probe, self._next_push_pull, self._next_reconnect)
+        if self._probe is not None and not self._probe.indirect_sent and not self._probe.acked:
+            t = min(t, self._probe.indirect_at)
+        if len(self._queue):
+            t = min(t, self._next_gossip)
+        if self._suspect_heap:
+            t = min(t, self._suspect_heap[0][0])
+        for relay in self._relays.values():
+            t = min(t, relay.expires if relay.nacked else relay.nack_at)
+        for pending in self._joins.values():
+            t = min(t, pending.deadline)
+        if self._tombstones:
+            t = min(t, self._next_reap)
+        return t
+
+    # --- public API: commands ----------------------------------------------------------------
+
+    def join(self, seeds: Iterable[Address], now: float) -> None:
+        """Send a join request to every seed over the underlay (retried until one answers)."""
+        self._seeds = [(h, p) for h, p in seeds]
+        for seed in self._seeds:
+            self._send_join(seed, now, wire.MemberState.UNKNOWN, 0, hops=0, retry=True)
+
+    def leave(self, now: float) -> None:
+        """Sign and spread a LEFT announcement; stop probing. Keep calling `handle_timer` until
+        `leave_finished` (or a deadline), so the leave reaches everyone before exit."""
+        if self._left:
+            return
+        self._left = True
+        self._resign(now, status=Status.LEFT)
+        self._probe = None
+        self._next_probe = math.inf
+        self._flush_fresh()
+
+    def update_self(
+        self,
+        now: float,
+        *,
+        endpoints: Iterable[Endpoint] | None = None,
+        wg_public_key: bytes | None = None,
+        next_wg_public_key: bytes | None = None,
+        next_wg_key_at: int | None = None,
+        prefixes: Iterable[str] | None = None,
+        meshd_port: int | None = None,
+        certificate: Certificate | None = None,
+    ) -> Announcement:
+        """Sign a new announcement with a higher version (new endpoints, keys, prefixes or a
+        renewed certificate) and spread it. Raises `LocalProtocolError` on misuse."""
+        if self._left:
+            raise LocalProtocolError("updating the announcement of a node that left")
+        self._resign(
+            now, endpoints=endpoints, wg_public_key=wg_public_key,
+            next_wg_public_key=next_wg_public_key, next_wg_key_at=next_wg_key_at,
+            prefixes=prefixes, meshd_port=meshd_port, certificate=certificate,
+        )  # fmt: skip
+        self._flush_fresh()
+        return self._me
+
+    # --- public API: inputs ------------------------------------------------------------------
+
+    def receive(
+        self, data: bytes, source: Address, now: float, channel: Channel = Channel.OVERLAY
+    ) -> None:
+        """Handle one message. `channel` says which socket it came from; `source` is the
+        sender's (host, port) (for a stream: the peer's address, port may be anything).
+        Never raises for remote input: refusals become `MessageRejected` events."""
+        self.stats["recv_msgs"] += 1
+        self.stats["recv_bytes"] += len(data)
+        try:
+            msg = wire.decode(data, channel)
+            self._dispatch(msg, data, source, now)
+        except RemoteProtocolError as exc:
+            self._reject(exc.reason, source, exc.detail)
+        self._flush_fresh()
+
+    def handle_timer(self, now: float) -> None:
+        """Run everything due at `now`."""
+        cfg = self.config
+        p = self._probe
+        if p is not None and not p.acked and not p.indirect_sent and now >= p.indirect_at:
+            self._send_indirect(p)
+        if now >= self._next_probe:
+            self._probe_tick(now)
+        if self._relays:
+            self._relay_timers(now)
+        while self._suspect_heap and self._suspect_heap[0][0] <= now:
+            _, node_id = heapq.heappop(self._suspect_heap)
+            m = self._members.get(node_id)
+            if m is not None and m.state is MemberState.SUSPECT and m.suspicion is not None:
+                if m.suspicion.deadline <= now:
+                    self._on_dead(node_id, m.version, self.node_id, now)
+                else:
+                    heapq.heappush(self._suspect_heap, (m.suspicion.deadline, node_id))
+        if now >= self._next_gossip:
+            self._next_gossip = now + cfg.gossip_interval
+            if len(self._queue):
+                self._gossip_round()
+        if now >= self._next_push_pull:
+            self._next_push_pull = now + cfg.push_pull_interval * (0.75 + 0.5 * self._rng.random())
+            if self._live and not self._left:
+                target = self._members[self._rng.choice(self._live)]
+                self._send_push_pull(target, full=False)
+        if now >= self._next_reconnect:
+            self._next_reconnect = now + cfg.reconnect_interval
+            if not self._left:
+                self._reconnect(now)
+        for nonce, pending in list(self._joins.items()):
+            if pending.deadline <= now:
+                del self._joins[nonce]
+                if pending.retry and not self._joined and pending.attempts < cfg.join_attempts:
+                    self._send_join(pending.destination, now, MemberState.UNKNOWN, 0,
+                                    hops=0, retry=True, attempts=pending.attempts + 1)  # fmt: skip
+        if now >= self._next_reap:
+            self._next_reap = now + min(1.0, cfg.tombstone_ttl / 10)
+            self._reap(now)
+        self._flush_fresh()
+
+    # --- membership table --------------------------------------------------------------------
+
+    def _add(self, ann: Announcement, state: MemberState, probe: bool = True) -> Member:
+        m = Member(ann, state)
+        self._members[ann.node_id] = m
+        self._by_overlay[m.overlay] = ann.node_id
+        if state in _LIVE:
+            self._make_live(ann.node_id, m, probe)
+        return m
+
+    def _make_live(self, node_id: bytes, m: Member, probe: bool = True) -> None:
+        if node_id in self._live_pos:
+            return
+        self._live_pos[node_id] = len(self._live)
+        self._live.append(node_id)
+        self._hash ^= _hash_term(node_id, m.version)
+        self._tombstones.discard(node_id)
+        m.expires = math.inf
+        if not probe:
+            return
+        # memberlist inserts new nodes at a random place in the probe order, so a joiner is
+        # probed within one round without reshuffling everyone.
+        at = self._rng.randint(self._probe_next, len(self._probe_list))
+        self._probe_list.insert(at, node_id)
+
+    def _make_dead(self, node_id: bytes, m: Member, state: MemberState, now: float) -> None:
+        pos = self._live_pos.pop(node_id, None)
+        if pos is not None:
+            last = self._live.pop()
+            if last != node_id:
+                self._live[pos] = last
+                self._live_pos[last] = pos
+            self._hash ^= _hash_term(node_id, m.version)
+        m.state = state
+        m.suspicion = None
+        m.expires = now + self.config.tombstone_ttl
+        self._tombstones.add(node_id)
+
+    def _set_ann(self, m: Member, ann: Announcement) -> None:
+        if ann.node_id in self._live_pos:
+            self._hash ^= _hash_term(ann.node_id, m.version) ^ _hash_term(ann.node_id, ann.version)
+        if ann.cert.addresses[0] != m.overlay:
+            self._by_overlay.pop(m.overlay, None)
+            m.overlay = ann.cert.addresses[0]
+            self._by_overlay[m.overlay] = ann.node_id
+        m.ann = ann
+
+    def _reap(self, now: float) -> None:
+        for node_id in [n for n in self._tombstones if self._members[n].expires <= now]:
+            m = self._members.pop(node_id)
+            self._tombstones.discard(node_id)
+            if self._by_overlay.get(m.overlay) == node_id:
+                del self._by_overlay[m.overlay]
+
+    def state_hash(self) -> bytes:
+        """Order-independent hash of the live (node, version) set, self included."""
+        return self._hash.to_bytes(16, "big")
+
+    def digest(self) -> tuple[DigestEntry, ...]:
+        out = [DigestEntry(self.node_id, self._me.version,
+                           MemberState.LEFT if self._left else MemberState.ALIVE)]  # fmt: skip
+        out.extend(DigestEntry(n, m.version, m.state) for n, m in self._members.items())
+        return tuple(out)
+
+    # --- sending -----------------------------------------------------------------------------
+
+    def _send(self, destination: Address, data: bytes, channel: Channel) -> None:
+        self.stats["sent_msgs"] += 1
+        self.stats["sent_bytes"] += len(data)
+        self.stats[f"sent.{channel}"] += 1
+        self._out.append(Transmit(destination, data, channel))
+
+    def _send_piggybacked(
+        self, destination: Address, make: Callable[[tuple[Item, ...]], wire.Message],
+        first: tuple[Item, ...] = (),
+    ) -> None:  # fmt: skip
+        base = len(wire.encode(make(first)))
+        items = first
+        if len(self._queue):
+            # 2 bytes: the item array header may grow from 1 to 3 bytes.
+            budget = self.config.max_datagram - base - 2
+            items = first + tuple(self._queue.take(budget, max_count=wire.MAX_ITEMS - len(first)))
+        self._send(destination, wire.encode(make(items)), Channel.OVERLAY)
+
+    def _random_live(self, k: int, exclude: set[bytes]) -> list[bytes]:
+        if k <= 0 or not self._live:
+            return []
+        sample = self._rng.sample(self._live, min(len(self._live), k + len(exclude)))
+        return [n for n in sample if n not in exclude][:k]
+
+    def _broadcast(self, key: bytes, item: Item, eager: bool = True) -> None:
+        self._queue.push(key, item)
+        if eager:
+            self._fresh.append(item)
+
+    def _flush_fresh(self) -> None:
+        """Eager forwarding: fresh news goes at once to `eager_fanout` random members."""
+        if not self._fresh:
+            return
+        items, self._fresh = self._fresh, []
+        exclude, self._fresh_exclude = self._fresh_exclude, set()
+        batches: list[tuple[Item, ...]] = []
+        batch: list[Item] = []
+        size = 8
+        for item in items:
+            s = wire.item_size(item)
+            if batch and (size + s > self.config.max_datagram or len(batch) >= wire.MAX_ITEMS):
+                batches.append(tuple(batch))
+                batch, size = [], 8
+            batch.append(item)
+            size += s
+        batches.append(tuple(batch))
+        for node_id in self._random_live(self.config.eager_fanout, exclude):
+            dest = self._members[node_id].address
+            for b in batches:
+                self._send(dest, wire.encode(wire.Gossip(b)), Channel.OVERLAY)
+
+    def _gossip_round(self) -> None:
+        for node_id in self._random_live(self.config.gossip_nodes, set()):
+            items = self._queue.take(self.config.max_datagram - 8, max_count=wire.MAX_ITEMS)
+            if not items:
+                break
+            self._send(self._members[node_id].address, wire.encode(wire.Gossip(tuple(items))),
+                       Channel.OVERLAY)  # fmt: skip
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & wire.MAX_SEQ
+        return self._seq
+
+    # --- own announcement --------------------------------------------------------------------
+
+    def _resign(
+        self, now: float, *, status: Status | None = None, at_least: int = 0,
+        endpoints: Iterable[Endpoint] | None = None, wg_public_key: bytes | None = None,
+        next_wg_public_key: bytes | None = None, next_wg_key_at: int | None = None,
+        prefixes: Iterable[str] | None = None, meshd_port: int | None = None,
+        certificate: Certificate | None = None,
+    ) -> None:  # fmt: skip
+        old = self._me
+        version = max(old.version + 1, at_least, int(now * 1000))
+        if version > wire.MAX_VERSION:
+            raise LocalProtocolError("announcement version space exhausted")
+        next_key = old.next_wg_public_key if next_wg_public_key is None else next_wg_public_key
+        self._me = sign_announcement(
+            self._identity,
+            certificate or old.cert,
+            version=version,
+            wg_public_key=wg_public_key or old.wg_public_key,
+            endpoints=old.endpoints if endpoints is None else endpoints,
+            meshd_port=meshd_port or old.meshd_port,
+            issued_at=int(now * 1000),
+            prefixes=old.prefixes if prefixes is None else prefixes,
+            status=old.status if status is None else status,
+            next_wg_public_key=next_key,
+            next_wg_key_at=old.next_wg_key_at if next_wg_key_at is None else next_wg_key_at,
+        )
+        self._hash ^= _hash_term(self.node_id, old.version) ^ _hash_term(self.node_id, version)
+        self._broadcast(self.node_id, AnnounceItem(self._me.raw))
+
+    def _refute(self, claimed_version: int, now: float) -> None:
+        """Someone believes we are suspect/dead (or holds a newer announcement of ours, after we
+        lost state): sign a higher version (SWIM 4.2). Being suspected hints that our own link
+        is bad, so local health worsens (Lifeguard IV-A)."""
+        self.stats["refutations"] += 1
+        self._health = min(self._health + 1, self.config.awareness_max - 1)
+        self._resign(now, at_least=claimed_version + 1)
+
+    # --- dispatch ----------------------------------------------------------------------------
+
+    def _reject(self, reason: Reject, source: Address, detail: str) -> None:
+        self.stats[f"rejected.{reason.value}"] += 1
+        self._events.append(MessageRejected(reason, source, detail))
+
+    def _sender(self, source: Address) -> bytes | None:
+        """The member whose overlay address sent this (WireGuard authenticated it), if any."""
+        node_id = self._by_overlay.get(source[0])
+        if node_id is None:
+            return None
+        if self._members[node_id].state is MemberState.LEFT:
+            return None
+        return node_id
+
+    def _dispatch(self, msg: wire.Message, data: bytes, source: Address, now: float) -> None:
+        if isinstance(msg, wire.JoinRequest):
+            self._on_join_request(msg, len(data), source, now)
+            return
+        if isinstance(msg, wire.JoinReply):
+            self._on_join_reply(msg, source, now)
+            return
+        sender = self._sender(source)
+        if sender is not None:
+            self._fresh_exclude.add(sender)  # it knows the news it sent us
+        if isinstance(msg, wire.Gossip | wire.Ping | wire.Ack | wire.PingReq):
+            self._apply_items(msg.items, sender, source, now)
+            sender = sender or self._sender(source)  # an announcement may have introduced it
+        if sender is None:
+            if not isinstance(msg, wire.Gossip):
+                raise RemoteProtocolError(
+                    Reject.UNKNOWN_SENDER, f"{type(msg).__name__} from a non-member"
+                )
+            return
+        if isinstance(msg, wire.Ping):
+            self._send_piggybacked(source, lambda it: wire.Ack(msg.seq, it))
+        elif isinstance(msg, wire.Ack):
+            self._on_ack(msg.seq)
+        elif isinstance(msg, wire.PingReq):
+            self._on_ping_req(msg, source, now)
+        elif isinstance(msg, wire.Nack):
+            p = self._probe
+            if p is not None and p.seq == msg.seq:
+                p.nacks += 1
+        elif isinstance(msg, wire.PushPullRequest):
+            self._on_push_pull_request(msg, sender, now)
+        elif isinstance(msg, wire.PushPullReply):
+            self._on_push_pull_reply(msg, sender, now)
+
+    def _apply_items(
+        self, items: tuple[Item, ...], sender: bytes | None, source: Address, now: float
+    ) -> None:
+        unsigned_refused = False
+        for item in items:
+            if isinstance(item, AnnounceItem):
+                self._on_announcement(item.announcement, source, now, _Why.GOSSIP)
+            elif isinstance(item, RevocationItem):
+                self._on_revocation(item.revocation, source, now)
+            elif sender is None:
+                unsigned_refused = True
+            elif isinstance(item, SuspectItem):
+                self._on_suspect(item.node_id, item.version, item.sender, now, source)
+            else:
+                self._on_dead(item.node_id, item.version, item.sender, now, source)
+        if unsigned_refused:
+            self._reject(Reject.UNKNOWN_SENDER, source, "unsigned claims from a non-member")
+
+    # --- announcements, claims, revocations --------------------------------------------------
+
+    def _verify(self, raw: bytes, source: Address, now: float) -> Announcement | None:
+        try:
+            ann = self._verifier.verify(raw, now)
+            if (ann.cert.ca_key, ann.cert.serial) in self._revoked:
+                raise RemoteProtocolError(Reject.REVOKED, f"{ann.name!r} is revoked")
+        except RemoteProtocolError as exc:
+            self._reject(exc.reason, source, exc.detail)
+            return None
+        return ann
+
+    def _on_announcement(self, raw: bytes, source: Address, now: float, why: _Why) -> bool:
+        """Apply a relayed/received announcement; True if it was news."""
+        ann = self._verify(raw, source, now)
+        if ann is None:
+            return False
+        return self._apply_announcement(ann, source, now, why)
+
+    def _apply_announcement(
+        self, ann: Announcement, source: Address, now: float, why: _Why
+    ) -> bool:
+        node_id = ann.node_id
+        if node_id == self.node_id:
+            if ann.version > self._me.version:
+                # A newer announcement of ours than we remember: we lost state. Outrank it.
+                self._refute(ann.version, now)
+            return False
+        m = self._members.get(node_id)
+        leaving = ann.status is Status.LEFT
+        if m is None:
+            m = self._add(ann, MemberState.LEFT if leaving else MemberState.ALIVE)
+            if leaving:
+                self._make_dead(node_id, m, MemberState.LEFT, now)
+            else:
+                self._events.append(PeerJoined(ann))
+        elif ann.version < m.version:
+            self._reject(Reject.STALE, source, f"announcement {ann.version} < {m.version}")
+            return False
+        elif ann.version == m.version:
+            self.stats["duplicates"] += 1
+            return False
+        else:
+            previous, old_state = m.ann, m.state
+            self._set_ann(m, ann)
+            if leaving:
+                if old_state in _LIVE:
+                    self._events.append(PeerLeft(ann))
+                self._make_dead(node_id, m, MemberState.LEFT, now)
+            elif old_state in _LIVE:
+                m.state = MemberState.ALIVE
+                m.suspicion = None
+                if old_state is MemberState.SUSPECT:
+                    self._events.append(PeerAlive(ann))
+                if _content(previous) != _content(ann):
+                    self._events.append(PeerUpdated(ann, previous))
+            else:
+                m.state = MemberState.ALIVE
+                self._make_live(node_id, m)
+                self._events.append(PeerJoined(ann))
+        if why is not _Why.BOOTSTRAP:
+            self._broadcast(node_id, AnnounceItem(ann.raw), eager=True)
+        return True
+
+    def _on_suspect(
+        self, node_id: bytes, version: int, sender: bytes, now: float, source: Address = ("", 0)
+    ) -> None:
+        if node_id == self.node_id:
+            if version >= self._me.version and not self._left:
+                self._refute(version, now)
+            return
+        m = self._members.get(node_id)
+        if m is None:
+            self.stats["claims_unknown_node"] += 1
+            return
+        if version < m.version:
+            self._reject(Reject.STALE, source, f"suspect {version} < {m.version}")
+            return
+        if m.state is MemberState.SUSPECT and m.suspicion is not None:
+            if m.suspicion.confirm(sender):
+                heapq.heappush(self._suspect_heap, (m.suspicion.deadline, node_id))
+                self._broadcast(node_id, SuspectItem(node_id, version, sender), eager=False)
+            else:
+                self.stats["duplicates"] += 1
+            return
+        if m.state is not MemberState.ALIVE:
+            self.stats["duplicates"] += 1
+            return
+        n = len(self._live) + 1
+        lo, hi = self.config.suspicion_bounds(n)
+        # memberlist: no confirmations can be expected when fewer than K others could send them
+        k = self.config.suspicion_confirmations if n - 2 >= self.config.suspicion_confirmations \
+            else 0  # fmt: skip
+        m.state = MemberState.SUSPECT
+        m.suspicion = Suspicion(sender, k, lo, hi, now)
+        heapq.heappush(self._suspect_heap, (m.suspicion.deadline, node_id))
+        self._events.append(PeerSuspected(node_id, m.version))
+        self._broadcast(node_id, SuspectItem(node_id, m.version, sender))
+
+    def _on_dead(
+        self, node_id: bytes, version: int, sender: bytes, now: float, source: Address = ("", 0)
+    ) -> None:
+        if node_id == self.node_id:
+            if version >= self._me.version and not self._left:
+                self._refute(version, now)
+            return
+        m = self._members.get(node_id)
+        if m is None:
+            self.stats["claims_unknown_node"] += 1
+            return
+        if version < m.version:
+            self._reject(Reject.STALE, source, f"dead {version} < {m.version}")
+            return
+        if m.state not in _LIVE:
+            self.stats["duplicates"] += 1
+            return
+        self._make_dead(node_id, m, MemberState.DEAD, now)
+        self._events.append(PeerDead(m.ann))
+        self._broadcast(node_id, DeadItem(node_id, m.version, sender))
+
+    def _on_revocation(self, raw: bytes, source: Address, now: float) -> None:
+        try:
+            rev = decode_revocation(raw)
+            check_revocation(rev, self._trust)
+        except RemoteProtocolError as exc:
+            self._reject(exc.reason, source, exc.detail)
+            return
+        key = (rev.ca_key, rev.serial)
+        if key in self._revoked:
+            self.stats["duplicates"] += 1
+            return
+        self._revoked.add(key)
+        self._events.append(RevocationAdded(rev))
+        self._broadcast(b"rev" + rev.ca_key + rev.serial.to_bytes(8, "big"), RevocationItem(raw))
+        for node_id, m in list(self._members.items()):
+            if (m.ann.cert.ca_key, m.ann.cert.serial) == key and m.state in _LIVE:
+                self._make_dead(node_id, m, MemberState.DEAD, now)
+                self._events.append(PeerDead(m.ann))
+
+    def add_revocation(self, revocation: Revocation, now: float) -> None:
+        """Operator input (meshctl): accept and spread a revocation."""
+        self._on_revocation(revocation.raw, ("local", 0), now)
+        self._flush_fresh()
+
+    # --- probing (SWIM 3.1, Lifeguard IV-A) --------------------------------------------------
+
+    def _scale(self) -> int:
+        return self._health + 1
+
+    def _next_probe_target(self) -> bytes | None:
+        for _ in range(2):
+            while self._probe_next < len(self._probe_list):
+                node_id = self._probe_list[self._probe_next]
+                self._probe_next += 1
+                if node_id in self._live_pos:
+                    return node_id
+            # End of a round: reshuffle the live members (SWIM 4.3 round-robin probe order).
+            self._probe_list = list(self._live)
+            self._rng.shuffle(self._probe_list)
+            self._probe_next = 0
+        return None
+
+    def _probe_tick(self, now: float) -> None:
+        if self._probe is not None:
+            self._finish_probe(now)
+        scale = self._scale()
+        self._next_probe = now + self.config.probe_interval * scale
+        if self._left:
+            self._next_probe = math.inf
+            return
+        target = self._next_probe_target()
+        if target is None:
+            return
+        m = self._members[target]
+        seq = self._next_seq()
+        first: tuple[Item, ...] = ()
+        if m.state is MemberState.SUSPECT:
+            # Lifeguard IV-C ("buddy system"): tell a suspected node directly, so it can
+            # refute before the timeout even if gossip missed it.
+            first = (SuspectItem(target, m.version, self.node_id),)
+        self._send_piggybacked(m.address, lambda it: wire.Ping(seq, it), first)
+        self._probe = _Probe(target, seq, now + self.config.probe_timeout * scale)
+
+    def _send_indirect(self, p: _Probe) -> None:
+        p.indirect_sent = True
+        m = self._members.get(p.target)
+        if m is None or m.state not in _LIVE:
+            return
+        relays = self._random_live(self.config.indirect_checks, {p.target})
+        p.nacks_expected = len(relays)
+        for node_id in relays:
+            self._send_piggybacked(
+                self._members[node_id].address, lambda it: wire.PingReq(p.seq, p.target, it)
+            )
+
+    def _finish_probe(self, now: float) -> None:
+        p, self._probe = self._probe, None
+        assert p is not None
+        if p.acked:
+            self._health = max(0, self._health - 1)
+            return
+        m = self._members.get(p.target)
+        if m is None or m.state not in _LIVE:
+            return
+        # Lifeguard IV-A: missing nacks mean our own network is suspect, not the target.
+        delta = p.nacks_expected - p.nacks if p.nacks_expected else 1
+        self._health = max(0, min(self._health + delta, self.config.awareness_max - 1))
+        self.stats["probe_failures"] += 1
+        self._on_suspect(p.target, m.version, self.node_id, now)
+
+    def _on_ack(self, seq: int) -> None:
+        p = self._probe
+        if p is not None and p.seq == seq:
+            p.acked = True
+            return
+        relay = self._relays.pop(seq, None)
+        if relay is not None:
+            self._send_piggybacked(relay.requester, lambda it: wire.Ack(relay.requester_seq, it))
+
+    def _on_ping_req(self, msg: wire.PingReq, source: Address, now: float) -> None:
+        m = self._members.get(msg.target)
+        if m is None or m.state not in _LIVE:
+            self._send(source, wire.encode(wire.Nack(msg.seq)), Channel.OVERLAY)
+            return
+        seq = self._next_seq()
+        timeout = self.config.probe_timeout * self._scale()
+        # Nack at 80 % of the requester's probe timeout (memberlist), so it arrives in time.
+        self._relays[seq] = _Relay(source, msg.seq, now + 0.8 * timeout,
+                                   now + self.config.probe_interval * self._scale())  # fmt: skip
+        self._send_piggybacked(m.address, lambda it: wire.Ping(seq, it))
+
+    def _relay_timers(self, now: float) -> None:
+        for seq, relay in list(self._relays.items()):
+            if not relay.nacked and now >= relay.nack_at:
+                relay.nacked = True
+                self._send(relay.requester, wire.encode(wire.Nack(relay.requester_seq)),
+                           Channel.OVERLAY)  # fmt: skip
+            if now >= relay.expires:
+                del self._relays[seq]
+
+    # --- join over the underlay ----------------------------------------------------------------
+
+    def _send_join(
+        self, destination: Address, now: float, target_state: MemberState, target_version: int,
+        *, hops: int, retry: bool, attempts: int = 1,
+    ) -> None:  # fmt: skip
+        nonce = self._rng.randbytes(wire.NONCE_LEN)
+        msg = wire.JoinRequest(nonce, self._me.raw, target_version, target_state)
+        self._joins[nonce] = _PendingJoin(
+            destination, now + self.config.join_timeout, attempts, hops, retry
+        )
+        self._send(destination, wire.encode(msg), Channel.UNDERLAY)
+
+    def _on_join_request(
+        self, msg: wire.JoinRequest, size: int, source: Address, now: float
+    ) -> None:
+        ann = self._verify(msg.announcement, source, now)
+        if ann is None or ann.node_id == self.node_id:
+            return
+        if (
+            msg.target_state in (MemberState.SUSPECT, MemberState.DEAD)
+            and msg.target_version == self._me.version
+            and not self._left
+            and now >= self._underlay_refute_after
+        ):
+            # The joiner declared us dead (it was on the other side of a partition). The claim
+            # is unsigned, so it may only make us re-sign (at most once per probe interval).
+            self._underlay_refute_after = now + self.config.probe_interval
+            self._refute(self._me.version, now)
+        self._apply_announcement(ann, source, now, _Why.GOSSIP)
+        m = self._members.get(ann.node_id)
+        reply = wire.JoinReply(
+            msg.nonce,
+            self._me.raw,
+            m.version if m else 0,
+            m.state if m else MemberState.UNKNOWN,
+        )
+        data = wire.encode(reply)
+        if len(data) > size:  # RFC 9000 8.1: never answer with more than was received
+            self.stats["join_reply_suppressed"] += 1
+            return
+        self._send(source, data, Channel.UNDERLAY)
+
+    def _on_join_reply(self, msg: wire.JoinReply, source: Address, now: float) -> None:
+        pending = self._joins.get(msg.nonce)
+        if pending is None or pending.destination != source:
+            raise RemoteProtocolError(Reject.UNKNOWN_SENDER, "join reply to no request of ours")
+        del self._joins[msg.nonce]
+        ann = self._verify(msg.announcement, source, now)
+        if ann is None or ann.node_id == self.node_id:
+            return
+        self._apply_announcement(ann, source, now, _Why.GOSSIP)
+        m = self._members[ann.node_id]
+        if (
+            msg.requester_state in (MemberState.SUSPECT, MemberState.DEAD)
+            and msg.requester_version >= self._me.version
+            and not self._left
+        ):
+            self._refute(msg.requester_version, now)
+            if pending.hops < 2:
+                self._send_join(source, now, m.state, m.version, hops=pending.hops + 1,
+                                retry=False)  # fmt: skip
+            return
+        if m.state not in _LIVE:
+            # It answered, but we hold it dead at this very version: ask it to refute.
+            if pending.hops < 2 and m.state is MemberState.DEAD:
+                self._send_join(source, now, m.state, m.version, hops=pending.hops + 1,
+                                retry=False)  # fmt: skip
+            return
+        if not self._joined:
+            self._bootstrap_from.add(ann.node_id)
+        self._joined = True
+        self._send_push_pull(m, full=True)
+
+    def _reconnect(self, now: float) -> None:
+        """Retry one dead member over the underlay; retry the seeds if nobody is alive."""
+        dead = [n for n in self._tombstones if self._members[n].state is MemberState.DEAD]
+        if dead:
+            m = self._members[self._rng.choice(dead)]
+            if m.ann.endpoints:
+                dest = (m.ann.endpoints[0][0], m.ann.meshd_port)
+                self._send_join(dest, now, MemberState.DEAD, m.version, hops=0, retry=False)
+        if not self._live and self._seeds:
+            for seed in self._seeds:
+                self._send_join(seed, now, MemberState.UNKNOWN, 0, hops=0, retry=False)
+
+    # --- push-pull (anti-entropy) ----------------------------------------------------------------
+
+    def _send_push_pull(self, m: Member, full: bool) -> None:
+        msg = wire.PushPullRequest(self.state_hash(), self.digest() if full else None)
+        self._send(m.address, wire.encode(msg), Channel.STREAM)
+
+    def _merge_digest(
+        self, digest: tuple[DigestEntry, ...], sender: bytes, now: float
+    ) -> tuple[list[bytes], bool]:
+        """Apply what a peer's digest says; return (announcements it lacks, whether we lack
+        something it has)."""
+        remote: dict[bytes, DigestEntry] = {}
+        lack = False
+        for e in digest:
+            remote[e.node_id] = e
+            if e.node_id == self.node_id:
+                if not self._left and (
+                    e.version > self._me.version
+                    or (e.version == self._me.version and e.state in (MemberState.SUSPECT,
+                                                                      MemberState.DEAD))
+                ):  # fmt: skip
+                    self._refute(e.version, now)
+                continue
+            m = self._members.get(e.node_id)
+            if m is None or e.version > m.version:
+                lack = lack or e.state is not MemberState.DEAD
+            elif (
+                e.version == m.version
+                and e.state is MemberState.DEAD
+                and m.state is MemberState.ALIVE
+            ):
+                # memberlist mergeState: a remote "dead" only makes us suspect; if the node is
+                # alive it refutes, which is how both halves of a healed partition reconcile.
+                self._on_suspect(e.node_id, e.version, sender, now, self._members[sender].address)
+        give: list[bytes] = []
+        mine = remote.get(self.node_id)
+        if mine is None or mine.version < self._me.version:
+            give.append(self._me.raw)
+        for node_id, m in self._members.items():
+            if m.state is MemberState.DEAD:
+                continue
+            r = remote.get(node_id)
+            if r is None or r.version < m.version:
+                give.append(m.ann.raw)
+        return give, lack
+
+    def _on_push_pull_request(self, msg: wire.PushPullRequest, sender: bytes, now: float) -> None:
+        peer = self._members[sender]
+        if msg.digest is None:
+            if msg.state_hash != self.state_hash():
+                # Hashes differ: turn it around into a full exchange started by us.
+                self.stats["push_pull_mismatch"] += 1
+                self._send_push_pull(peer, full=True)
+            return
+        give, lack = self._merge_digest(msg.digest, sender, now)
+        reply = wire.PushPullReply(self.state_hash(), self.digest() if lack else None, tuple(give))
+        self._send(peer.address, wire.encode(reply), Channel.STREAM)
+
+    def _on_push_pull_reply(self, msg: wire.PushPullReply, sender: bytes, now: float) -> None:
+        why = _Why.BOOTSTRAP if sender in self._bootstrap_from else _Why.GOSSIP
+        self._bootstrap_from.discard(sender)
+        source = self._members[sender].address
+        for raw in msg.announcements:
+            self._on_announcement(raw, source, now, why)
+        if msg.digest is not None:
+            give, _ = self._merge_digest(msg.digest, sender, now)
+            if give:
+                reply = wire.PushPullReply(self.state_hash(), None, tuple(give))
+                self._send(self._members[sender].address, wire.encode(reply), Channel.STREAM)
