@@ -58,6 +58,14 @@ def normalize_host(host: str) -> str:
         raise LocalProtocolError(f"endpoint host {host!r} is not an IP address") from exc
 
 
+def clamp_private_key(key: bytes) -> bytes:
+    """X25519 clamping (RFC 7748 section 5): clear bits 0-2 and 255, set bit 254."""
+    k = bytearray(key)
+    k[0] &= 248
+    k[31] = (k[31] & 127) | 64
+    return bytes(k)
+
+
 @dataclass(frozen=True)
 class WgPeer:
     """One WireGuard peer as configured (not its runtime statistics)."""
@@ -115,6 +123,9 @@ class WgDevice:
             raise LocalProtocolError(f"a WireGuard private key is {KEY_LEN} bytes")
         if not 0 <= self.listen_port <= 65535:
             raise LocalProtocolError(f"listen port {self.listen_port} out of range")
+        # WireGuard (kernel and wireguard-go) stores and reports the *clamped* X25519 scalar
+        # (RFC 7748 section 5); clamping here keeps desired == actual. The public key is the same.
+        object.__setattr__(self, "private_key", clamp_private_key(self.private_key))
         peers = tuple(sorted(self.peers, key=lambda p: p.public_key))
         for a, b in itertools.pairwise(peers):
             if a.public_key == b.public_key:
@@ -181,6 +192,9 @@ class CreateInterface:
 @dataclass(frozen=True)
 class SetPrivateKey:
     private_key: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "private_key", clamp_private_key(self.private_key))
 
 
 @dataclass(frozen=True)
