@@ -50,7 +50,7 @@ class Result:
     stderr: str
 
 
-async def _exec(*argv: str, check: bool = True, timeout: float = 20.0) -> Result:
+async def _exec(*argv: str, check: bool = True, within: float = 20.0) -> Result:
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
@@ -58,11 +58,11 @@ async def _exec(*argv: str, check: bool = True, timeout: float = 20.0) -> Result
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        out, err = await asyncio.wait_for(proc.communicate(), within)
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        raise LabError(f"running {' '.join(argv)}: timed out after {timeout} s") from None
+        raise LabError(f"running {' '.join(argv)}: timed out after {within} s") from None
     result = Result(proc.returncode or 0, out.decode(), err.decode())
     if check and result.returncode != 0:
         raise LabError(f"running {' '.join(argv)}: exit {result.returncode}: {result.stderr}")
@@ -70,7 +70,7 @@ async def _exec(*argv: str, check: bool = True, timeout: float = 20.0) -> Result
 
 
 async def wait_for(
-    condition: Callable[[], Awaitable[bool]], timeout: float, what: str, interval: float = 0.02
+    condition: Callable[[], Awaitable[bool]], within: float, what: str, interval: float = 0.02
 ) -> float:
     """Wait until `condition()` is true; returns the seconds it took. Raises TimeoutError naming
     `what`. Polling is the only option for state with no change notification (pings)."""
@@ -78,8 +78,8 @@ async def wait_for(
     while True:
         if await condition():
             return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            raise TimeoutError(f"waiting for {what}: not true after {timeout} s")
+        if time.monotonic() - start > within:
+            raise TimeoutError(f"waiting for {what}: not true after {within} s")
         await asyncio.sleep(interval)
 
 
@@ -96,9 +96,9 @@ class LabHost:
     """This host's private /var/run/wireguard (UAPI sockets of its wireguard-go)."""
     _backends: list[UserspaceBackend] = field(default_factory=list)
 
-    async def run(self, *argv: str, check: bool = True, timeout: float = 20.0) -> Result:
+    async def run(self, *argv: str, check: bool = True, within: float = 20.0) -> Result:
         """Run a command in this host's namespace and wait for it."""
-        return await _exec("ip", "netns", "exec", self.netns, *argv, check=check, timeout=timeout)
+        return await _exec("ip", "netns", "exec", self.netns, *argv, check=check, within=within)
 
     async def spawn(self, *argv: str) -> asyncio.subprocess.Process:
         """Start a long-running command in this namespace; the lab kills it on exit."""
@@ -121,16 +121,16 @@ class LabHost:
         self._backends.append(backend)
         return backend
 
-    async def ping(self, address: str, timeout: float = 1.0) -> bool:
-        """One ping; True when answered within `timeout` seconds."""
-        wait = str(max(1, int(timeout)))
+    async def ping(self, address: str, within: float = 1.0) -> bool:
+        """One ping; True when answered within `within` seconds."""
+        wait = str(max(1, int(within)))
         r = await self.run("ping", "-n", "-q", "-c1", "-W", wait, address, check=False)
         return r.returncode == 0
 
-    async def wait_ping(self, address: str, timeout: float = 10.0) -> float:
+    async def wait_ping(self, address: str, within: float = 10.0) -> float:
         """Ping until answered; returns the seconds it took."""
         return await wait_for(
-            lambda: self.ping(address), timeout, f"{self.netns} to reach {address}", 0.0
+            lambda: self.ping(address), within, f"{self.netns} to reach {address}", 0.0
         )
 
     async def set_underlay(

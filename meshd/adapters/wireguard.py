@@ -136,6 +136,9 @@ def encode_uapi_set(ops: Sequence[WgOp]) -> list[str]:
     return lines
 
 
+_COUNTERS = ("last_handshake_time_sec", "last_handshake_time_nsec", "rx_bytes", "tx_bytes")
+
+
 def decode_uapi_get(lines: Sequence[str]) -> DeviceStatus:
     private_key = ZERO_KEY
     listen_port = 0
@@ -159,9 +162,7 @@ def decode_uapi_get(lines: Sequence[str]) -> DeviceStatus:
                 p["persistent_keepalive"] = int(value)
             elif key == "allowed_ip":
                 p["allowed_ips"].append(ipaddress.ip_network(value, strict=False))
-            elif key in ("last_handshake_time_sec", "last_handshake_time_nsec", "rx_bytes"):
-                p[key] = int(value)
-            elif key == "tx_bytes":
+            elif key in _COUNTERS:
                 p[key] = int(value)
     statuses: dict[bytes, PeerStatus] = {}
     for p in peers:
