@@ -121,6 +121,13 @@ class WireGuardGenl(AsyncWireGuard):  # type: ignore[misc]
         await self.bind(WG_GENL_NAME, wgmsg)
 
 
+async def collect(result: Any) -> list[Any]:
+    """The messages of a pyroute2 request: "get" answers a list, "dump" an async iterator."""
+    if hasattr(result, "__aiter__"):
+        return [m async for m in result]
+    return list(result)
+
+
 def open_iproute(netns: str | None = None, groups: int = 0) -> IPRoute:
     """An rtnetlink socket in `netns` (None: ours). `flags=0` because pyroute2's default flag
     silently *creates* a missing namespace; here a missing one is an error."""
