@@ -37,8 +37,8 @@ from meshd.core.errors import MeshError
 from meshd.core.wgplan import (
     MESHD_ROUTE_PROTO,
     AddAddress,
-    AddRoute,
     Address,
+    AddRoute,
     CreateInterface,
     MeshInterface,
     Op,
@@ -76,6 +76,9 @@ class Reconciler:
         route_proto: int = MESHD_ROUTE_PROTO,
     ) -> None:
         self.backend = backend
+        if backend.on_exit is None:
+            # A dead wireguard-go is repaired by the next pass (re-create + re-apply).
+            backend.on_exit = lambda _ifname: self.trigger()
         self.netns = netns
         self.period = period
         self.route_proto = route_proto
@@ -236,9 +239,9 @@ class Reconciler:
                     await self.backend.create(op.name)
                 except WireGuardError as exc:
                     raise ReconcileError(f"creating {ifname}: {exc}") from None
-            elif isinstance(op, SetMtu | SetLinkUp | AddAddress | RemoveAddress | AddRoute):
-                link_ops.append(op)
-            elif isinstance(op, RemoveRoute):
+            elif isinstance(op, SetMtu | SetLinkUp | AddAddress | RemoveAddress) or isinstance(
+                op, AddRoute | RemoveRoute
+            ):
                 link_ops.append(op)
             else:
                 wg_ops.append(op)

@@ -79,6 +79,9 @@ class DeviceStatus:
 class WireGuardBackend(Protocol):
     kind: str
     """"kernel" or "userspace"."""
+    on_exit: Callable[[str], None] | None
+    """Called with the interface name when the device died on its own (wireguard-go exited);
+    the reconciler sets it to trigger a repair pass."""
 
     async def create(self, ifname: str) -> None:
         """Make the device exist (idempotent)."""
@@ -435,6 +438,7 @@ class KernelBackend:
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
+        self.on_exit: Callable[[str], None] | None = None  # the kernel device has no process
 
     @staticmethod
     async def available(netns: str | None = None) -> bool:

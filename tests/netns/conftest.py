@@ -65,9 +65,6 @@ async def lab3(run_prefix: str, request: pytest.FixtureRequest) -> AsyncIterator
 def make_nodes(lab: Lab, count: int) -> list[Node]:
     nodes = []
     for host in lab.hosts[:count]:
-        reconciler_ref: list[Reconciler] = []
-        backend = host.userspace_backend(on_exit=lambda _ifname: reconciler_ref[0].trigger())
-        reconciler = Reconciler(backend, netns=host.netns)
-        reconciler_ref.append(reconciler)
+        reconciler = Reconciler(host.userspace_backend(), netns=host.netns)
         nodes.append(Node(host, WireGuardKey(os.urandom(32)), reconciler))
     return nodes
