@@ -54,6 +54,7 @@ from meshd.core.wgplan import (
 log = logging.getLogger(__name__)
 
 IFF_UP = 0x1
+_LINK_OPS = (SetMtu, SetLinkUp, AddAddress, RemoveAddress, AddRoute, RemoveRoute)
 RT_TABLE_MAIN = 254
 
 
@@ -239,9 +240,7 @@ class Reconciler:
                     await self.backend.create(op.name)
                 except WireGuardError as exc:
                     raise ReconcileError(f"creating {ifname}: {exc}") from None
-            elif isinstance(op, SetMtu | SetLinkUp | AddAddress | RemoveAddress) or isinstance(
-                op, AddRoute | RemoveRoute
-            ):
+            elif isinstance(op, _LINK_OPS):
                 link_ops.append(op)
             else:
                 wg_ops.append(op)
