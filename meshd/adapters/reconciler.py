@@ -1,0 +1,327 @@
+"""The reconciler: makes the mesh interface what membership wants, and keeps it so.
+
+One pass = read the actual state (backend for WireGuard, rtnetlink for link, addresses and the
+routes carrying `MESHD_ROUTE_PROTO`), `plan()` against the desired state, execute the plan.
+`run()` repeats a pass whenever `trigger()` is called (desired state changed, the netlink monitor
+saw drift, wireguard-go died) and every `period` seconds as a safety net; a failed pass is retried
+with backoff. Because every pass starts from a fresh read, drift made by hand (`wg set`,
+`ip route del`, `ip link del`, a killed wireguard-go) is repaired the same way as a first start,
+and a pass over a converged interface changes nothing.
+
+Only routes with meshd's protocol number are ever read, changed or deleted; a route someone else
+made with the same destination is left alone (our add then fails with EEXIST, which is logged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import logging
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from meshd.adapters.rtnl import IPRoute, collect, open_iproute
+from meshd.adapters.wireguard import (
+    DeviceStatus,
+    PeerStatus,
+    WireGuardBackend,
+    WireGuardError,
+    describe,
+)
+from meshd.core.errors import MeshError
+from meshd.core.wgplan import (
+    MESHD_ROUTE_PROTO,
+    AddAddress,
+    Address,
+    AddRoute,
+    CreateInterface,
+    MeshInterface,
+    Op,
+    Prefix,
+    RemoveAddress,
+    RemoveRoute,
+    SetLinkUp,
+    SetMtu,
+    WgOp,
+    plan,
+)
+
+log = logging.getLogger(__name__)
+
+IFF_UP = 0x1
+_LINK_OPS = (SetMtu, SetLinkUp, AddAddress, RemoveAddress, AddRoute, RemoveRoute)
+RT_TABLE_MAIN = 254
+
+
+class ReconcileError(MeshError):
+    """A pass could not finish; the message names the step and the interface."""
+
+
+def _attr(msg: Any, name: str) -> Any:
+    return msg.get_attr(name) if hasattr(msg, "get_attr") else msg.get(name)
+
+
+class Reconciler:
+    """Converges one mesh interface (in `netns`, None = ours) to the desired state."""
+
+    def __init__(
+        self,
+        backend: WireGuardBackend,
+        netns: str | None = None,
+        period: float = 30.0,
+        route_proto: int = MESHD_ROUTE_PROTO,
+    ) -> None:
+        self.backend = backend
+        if backend.on_exit is None:
+            # A dead wireguard-go is repaired by the next pass (re-create + re-apply).
+            backend.on_exit = lambda _ifname: self.trigger()
+        self.netns = netns
+        self.period = period
+        self.route_proto = route_proto
+        self.desired: MeshInterface | None = None
+        self.peer_status: dict[bytes, PeerStatus] = {}
+        """Handshake time and counters of every peer, from the last pass."""
+        self.passes = 0
+        self.last_ops: list[Op] = []
+        self.converged = asyncio.Event()
+        """Set after a pass that found nothing to do; cleared by `trigger()`."""
+        self._wake = asyncio.Event()
+        self._ipr: IPRoute | None = None
+        self._lock = asyncio.Lock()
+
+    # --- public API --------------------------------------------------------------------------
+
+    def set_desired(self, desired: MeshInterface) -> None:
+        """Replace the desired state and schedule a pass."""
+        self.desired = desired
+        self.trigger()
+
+    def trigger(self) -> None:
+        """Schedule a pass soon (cheap; calls are coalesced)."""
+        self.converged.clear()
+        self._wake.set()
+
+    async def apply(self, desired: MeshInterface | None = None) -> list[Op]:
+        """One pass now: read, plan, execute. Returns the operations executed."""
+        if desired is not None:
+            self.desired = desired
+        if self.desired is None:
+            raise ReconcileError("reconciling: no desired state yet")
+        async with self._lock:
+            want = self.desired
+            actual, status = await self.read_actual(want.name)
+            ops = plan(want, actual)
+            if actual is None and status is not None:
+                # The link is gone but the backend still answers (wireguard-go outliving its
+                # tun): start from scratch.
+                await self.backend.destroy(want.name)
+            await self._execute(want.name, ops)
+            self.passes += 1
+            self.last_ops = ops
+            if status is not None:
+                self.peer_status = dict(status.peers)
+            return ops
+
+    async def converge(self, desired: MeshInterface | None = None, passes: int = 3) -> list[Op]:
+        """Apply until a pass finds nothing to do; returns all operations executed."""
+        done: list[Op] = []
+        for _ in range(passes):
+            ops = await self.apply(desired)
+            if not ops:
+                self.converged.set()
+                return done
+            done += ops
+        raise ReconcileError(
+            f"reconciling {self.desired and self.desired.name}: still "
+            f"changing after {passes} passes: {describe_ops(self.last_ops)}"
+        )
+
+    async def run(self) -> None:
+        """Reconcile on every trigger and every `period` seconds until cancelled."""
+        backoff = 0.05
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.period)
+            self._wake.clear()
+            if self.desired is None:
+                continue
+            try:
+                ops = await self.apply()
+            except (MeshError, NetlinkError, OSError) as exc:
+                log.warning("reconciling %s: %s (retry in %.2f s)", self.desired.name, exc, backoff)
+                self._drop_socket()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                self._wake.set()
+                continue
+            backoff = 0.05
+            if ops:
+                log.info("reconciled %s: %s", self.desired.name, describe_ops(ops))
+                self._wake.set()  # verify with one more pass
+            else:
+                self.converged.set()
+
+    async def close(self) -> None:
+        self._drop_socket()
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def _socket(self) -> IPRoute:
+        if self._ipr is None:
+            self._ipr = open_iproute(self.netns)
+        return self._ipr
+
+    def _drop_socket(self) -> None:
+        if self._ipr is not None:
+            with contextlib.suppress(Exception):
+                self._ipr.close()
+            self._ipr = None
+
+    async def _link(self, ifname: str) -> Any | None:
+        try:
+            links = await collect(await self._socket().link("get", ifname=ifname))
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return None
+            raise
+        return links[0] if links else None
+
+    async def read_actual(self, ifname: str) -> tuple[MeshInterface | None, DeviceStatus | None]:
+        """The interface as it is (None when the link or the WireGuard device is missing), and
+        the backend's status."""
+        try:
+            status = await self.backend.read(ifname)
+            link = await self._link(ifname)
+        except (NetlinkError, OSError) as exc:
+            self._drop_socket()
+            raise ReconcileError(f"reading {ifname}: {exc}") from None
+        if link is None or status is None:
+            return None, status
+        index = link["index"]
+        ipr = self._socket()
+        addresses: list[Address] = []
+        for msg in await collect(await ipr.addr("dump", index=index)):
+            ip = _attr(msg, "IFA_LOCAL") or _attr(msg, "IFA_ADDRESS")
+            iface = ipaddress.ip_interface(f"{ip}/{msg['prefixlen']}")
+            if not (iface.version == 6 and iface.ip.is_link_local):
+                addresses.append(iface)
+        routes: list[Prefix] = []
+        for msg in await collect(await ipr.route("dump")):
+            if (
+                msg["proto"] == self.route_proto
+                and _attr(msg, "RTA_OIF") == index
+                and _attr(msg, "RTA_TABLE") in (RT_TABLE_MAIN, None)
+            ):
+                dst = _attr(msg, "RTA_DST")
+                routes.append(ipaddress.ip_network(f"{dst}/{msg['dst_len']}"))
+        actual = MeshInterface(
+            ifname,
+            status.device,
+            tuple(addresses),
+            _attr(link, "IFLA_MTU"),
+            bool(link["flags"] & IFF_UP),
+            tuple(routes),
+        )
+        return actual, status
+
+    # --- executing ---------------------------------------------------------------------------
+
+    async def _execute(self, ifname: str, ops: Sequence[Op]) -> None:
+        wg_ops: list[WgOp] = []
+        link_ops: list[Op] = []
+        for op in ops:
+            if isinstance(op, CreateInterface):
+                try:
+                    await self.backend.create(op.name)
+                except WireGuardError as exc:
+                    raise ReconcileError(f"creating {ifname}: {exc}") from None
+            elif isinstance(op, _LINK_OPS):
+                link_ops.append(op)
+            else:
+                wg_ops.append(op)
+        # WireGuard first (one UAPI transaction), then link, addresses and routes.
+        await self.backend.apply(ifname, wg_ops)
+        if not link_ops:
+            return
+        link = await self._link(ifname)
+        if link is None:
+            raise ReconcileError(f"configuring {ifname}: the interface vanished")
+        index = link["index"]
+        ipr = self._socket()
+        for op in link_ops:
+            try:
+                await self._link_op(ipr, index, op)
+            except NetlinkError as exc:
+                raise ReconcileError(f"{describe_op(op)} on {ifname}: {exc}") from None
+
+    async def _link_op(self, ipr: IPRoute, index: int, op: Op) -> None:
+        if isinstance(op, SetMtu):
+            await ipr.link("set", index=index, mtu=op.mtu)
+        elif isinstance(op, SetLinkUp):
+            await ipr.link("set", index=index, state="up" if op.up else "down")
+        elif isinstance(op, AddAddress):
+            await ipr.addr(
+                "replace", index=index, address=str(op.address.ip),
+                prefixlen=op.address.network.prefixlen,
+            )  # fmt: skip
+        elif isinstance(op, RemoveAddress):
+            try:
+                await ipr.addr(
+                    "del", index=index, address=str(op.address.ip),
+                    prefixlen=op.address.network.prefixlen,
+                )  # fmt: skip
+            except NetlinkError as exc:
+                if exc.code != errno.EADDRNOTAVAIL:
+                    raise
+        elif isinstance(op, AddRoute):
+            try:
+                # "add", not "replace": replace would take over someone else's route with the
+                # same destination and metric.
+                await ipr.route(
+                    "add", dst=op.prefix.with_prefixlen, oif=index, proto=self.route_proto,
+                    family=socket.AF_INET6 if op.prefix.version == 6 else socket.AF_INET,
+                )  # fmt: skip
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise
+                log.debug("route %s exists and is not ours; left alone", op.prefix)
+        elif isinstance(op, RemoveRoute):
+            try:
+                await ipr.route(
+                    "del", dst=op.prefix.with_prefixlen, oif=index, proto=self.route_proto,
+                    family=socket.AF_INET6 if op.prefix.version == 6 else socket.AF_INET,
+                )  # fmt: skip
+            except NetlinkError as exc:
+                if exc.code != errno.ESRCH:
+                    raise
+
+
+def describe_op(op: Op) -> str:
+    """An operation for logs and errors (never a key)."""
+    if isinstance(op, SetMtu):
+        return f"setting MTU {op.mtu}"
+    if isinstance(op, SetLinkUp):
+        return "setting link up" if op.up else "setting link down"
+    if isinstance(op, AddAddress):
+        return f"adding address {op.address}"
+    if isinstance(op, RemoveAddress):
+        return f"removing address {op.address}"
+    if isinstance(op, AddRoute):
+        return f"adding route {op.prefix}"
+    if isinstance(op, RemoveRoute):
+        return f"removing route {op.prefix}"
+    if isinstance(op, CreateInterface):
+        return f"creating {op.name}"
+    return f"setting {describe([op])}"
+
+
+def describe_ops(ops: Sequence[Op]) -> str:
+    counts: dict[str, int] = {}
+    for op in ops:
+        counts[type(op).__name__] = counts.get(type(op).__name__, 0) + 1
+    return ", ".join(f"{n}x{k}" for k, n in counts.items()) or "nothing"

@@ -1,0 +1,142 @@
+"""pyroute2 async sockets that work on uvloop as well as on the stock asyncio loop.
+
+pyroute2 0.9.7 receives netlink messages through `loop.create_datagram_endpoint(sock=...)`.
+uvloop's UDP handle accepts only AF_INET/AF_INET6/AF_UNIX and fails with
+`ValueError: cannot open a UDP handle, invalid family 16` (pyroute2#1335, uvloop#676).
+pyroute2 only needs the loop to *receive* (it sends with a plain `socket.send`), so the classes
+below replace the endpoint setup with `ReaderTransport`, a minimal datagram transport built on
+`loop.add_reader()`, which both loops support for any file descriptor.
+
+This depends on pyroute2 internals (`self.local.transport`, `CoreDatagramProtocol`), which is why
+pyproject.toml pins pyroute2 to 0.9.x; tests/netns/test_rtnl.py runs it under uvloop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from typing import Any
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.core import CoreDatagramProtocol
+from pyroute2.netlink.generic.wireguard import WG_GENL_NAME, AsyncWireGuard, wgmsg
+from pyroute2.netlink.rtnl import (
+    RTMGRP_IPV4_IFADDR,
+    RTMGRP_IPV4_ROUTE,
+    RTMGRP_IPV6_IFADDR,
+    RTMGRP_IPV6_ROUTE,
+    RTMGRP_LINK,
+)
+
+#: Multicast groups of the netlink monitor: links, addresses and routes of both families.
+MONITOR_GROUPS = (
+    RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
+)
+
+#: Receive buffer of every socket: a burst of route events (1,000+ peers) must fit between two
+#: loop iterations; an overflow costs an ENOBUFS recovery (reopen + re-dump).
+RCVBUF = 4 * 1024 * 1024
+
+
+class ReaderTransport(asyncio.DatagramTransport):
+    """Feeds every datagram of a non-blocking socket to a pyroute2 protocol."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: Any, bufsize: int
+    ) -> None:
+        super().__init__()
+        self._loop = loop
+        self._sock = sock
+        self._protocol = protocol
+        self._bufsize = bufsize
+        self._closed = False
+        sock.setblocking(False)
+        loop.add_reader(sock.fileno(), self._on_readable)
+        protocol.connection_made(self)
+
+    def _on_readable(self) -> None:
+        # Drain everything that is queued: one wake-up per burst, not per message.
+        while not self._closed:
+            try:
+                data = self._sock.recv(self._bufsize)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # ENOBUFS: the kernel dropped messages; pyroute2 turns this into an error
+                # message for the waiting request, and the monitor reopens and re-dumps.
+                self._protocol.error_received(exc)
+                if exc.errno != errno.ENOBUFS:
+                    self.abort()
+                return
+            self._protocol.datagram_received(data, None)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._sock if name == "socket" else default
+
+    def is_closing(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if not self._loop.is_closed():
+            self._loop.remove_reader(self._sock.fileno())
+        on_lost = getattr(self._protocol, "on_con_lost", None)
+        if on_lost is not None and not on_lost.done():
+            self._protocol.connection_lost(None)
+
+    def abort(self) -> None:
+        self.close()
+
+
+def _setup_reader_endpoint(nlsock: Any) -> None:
+    if getattr(nlsock.local, "transport", None) is not None:
+        return
+    protocol = CoreDatagramProtocol(
+        nlsock.connection_lost, nlsock.enqueue, nlsock._error_event, nlsock.status
+    )
+    transport = ReaderTransport(
+        asyncio.get_running_loop(), nlsock.socket, protocol, max(nlsock.status["rcvsize"], 65536)
+    )
+    nlsock.local.transport, nlsock.local.protocol = transport, protocol
+
+
+class IPRoute(AsyncIPRoute):  # type: ignore[misc]
+    """`pyroute2.AsyncIPRoute` with the uvloop-safe receive path."""
+
+    async def setup_endpoint(self) -> None:
+        _setup_reader_endpoint(self)
+
+
+class WireGuardGenl(AsyncWireGuard):  # type: ignore[misc]
+    """`pyroute2.AsyncWireGuard` (kernel WireGuard, generic netlink) with the uvloop-safe
+    receive path."""
+
+    async def setup_endpoint(self) -> None:
+        if getattr(self.local, "transport", None) is not None:
+            return
+        _setup_reader_endpoint(self)
+        await self.bind(WG_GENL_NAME, wgmsg)
+
+
+async def collect(result: Any) -> list[Any]:
+    """The messages of a pyroute2 request: "get" answers a list, "dump" an async iterator."""
+    if hasattr(result, "__aiter__"):
+        return [m async for m in result]
+    return list(result)
+
+
+def open_iproute(netns: str | None = None, groups: int = 0) -> IPRoute:
+    """An rtnetlink socket in `netns` (None: ours). `flags=0` because pyroute2's default flag
+    silently *creates* a missing namespace; here a missing one is an error."""
+    if netns is None:
+        return IPRoute(rcvbuf=RCVBUF, groups=groups)
+    return IPRoute(netns=netns, flags=0, rcvbuf=RCVBUF, groups=groups)
+
+
+def open_wireguard_genl(netns: str | None = None) -> WireGuardGenl:
+    if netns is None:
+        return WireGuardGenl()
+    return WireGuardGenl(netns=netns, flags=0)

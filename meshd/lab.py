@@ -1,0 +1,282 @@
+"""A network-namespace lab: N hosts on one bridge, for tests, the demo and benchmarks (root only).
+
+    async with Lab("m12345", hosts=3) as lab:
+        h0, h1 = lab.hosts[0], lab.hosts[1]
+        await h0.run("ping", "-c1", str(h1.underlay_v6.ip))
+        backend = h0.userspace_backend()      # wireguard-go in h0 with a private socket dir
+
+Layout: a switch namespace `PREFIX-sw` holds bridge `br0`; host i is namespace `PREFIX-hI` with
+`eth0` (underlay fd9a:<run>::I+1/64 and 10.<run>.0.I+1/24) on the bridge. Everything the lab makes
+is named after PREFIX and removed on exit, also when the body raised: processes started in
+the namespaces (by PID, found with `ip netns pids`), the namespaces, /etc/netns/NS, and the
+per-host WireGuard socket directories.
+
+Traps handled (docs/dataplane.md, PLATFORM.md): every veth end gets its own interface index
+(equal indexes on a pair delay carrier and link-local by up to 1 s), addresses are added
+`nodad`, and `__aenter__` returns only when every eth0 has carrier and a usable link-local.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from meshd.adapters.wireguard import UserspaceBackend
+
+log = logging.getLogger(__name__)
+
+LAB_ROOT = Path("/run/meshd-lab")
+
+
+class LabError(Exception):
+    """A lab command failed; the message holds the command and its stderr."""
+
+
+@dataclass(frozen=True)
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def _exec(*argv: str, check: bool = True, within: float = 20.0) -> Result:
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), within)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise LabError(f"running {' '.join(argv)}: timed out after {within} s") from None
+    result = Result(proc.returncode or 0, out.decode(), err.decode())
+    if check and result.returncode != 0:
+        raise LabError(f"running {' '.join(argv)}: exit {result.returncode}: {result.stderr}")
+    return result
+
+
+async def wait_for(
+    condition: Callable[[], Awaitable[bool]], within: float, what: str, interval: float = 0.02
+) -> float:
+    """Wait until `condition()` is true; returns the seconds it took. Raises TimeoutError naming
+    `what`. Polling is the only option for state with no change notification (pings)."""
+    start = time.monotonic()
+    while True:
+        if await condition():
+            return time.monotonic() - start
+        if time.monotonic() - start > within:
+            raise TimeoutError(f"waiting for {what}: not true after {within} s")
+        await asyncio.sleep(interval)
+
+
+@dataclass
+class LabHost:
+    """One simulated machine: a network namespace with `eth0` on the lab bridge."""
+
+    lab: Lab
+    index: int
+    netns: str
+    underlay_v6: ipaddress.IPv6Interface
+    underlay_v4: ipaddress.IPv4Interface
+    wg_dir: Path
+    """This host's private /var/run/wireguard (UAPI sockets of its wireguard-go)."""
+    _backends: list[UserspaceBackend] = field(default_factory=list)
+
+    async def run(self, *argv: str, check: bool = True, within: float = 20.0) -> Result:
+        """Run a command in this host's namespace and wait for it."""
+        return await _exec("ip", "netns", "exec", self.netns, *argv, check=check, within=within)
+
+    async def spawn(self, *argv: str) -> asyncio.subprocess.Process:
+        """Start a long-running command in this namespace; the lab kills it on exit."""
+        proc = await asyncio.create_subprocess_exec(
+            "ip",
+            "netns",
+            "exec",
+            self.netns,
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        self.lab._procs.append(proc)
+        return proc
+
+    def userspace_backend(self, on_exit: Callable[[str], None] | None = None) -> UserspaceBackend:
+        """A wireguard-go backend for this host (private socket dir); closed on lab exit."""
+        backend = UserspaceBackend(socket_dir=self.wg_dir, netns=self.netns, on_exit=on_exit)
+        self._backends.append(backend)
+        return backend
+
+    async def ping(self, address: str, within: float = 1.0) -> bool:
+        """One ping; True when answered within `within` seconds."""
+        wait = str(max(1, int(within)))
+        r = await self.run("ping", "-n", "-q", "-c1", "-W", wait, address, check=False)
+        return r.returncode == 0
+
+    async def wait_ping(self, address: str, within: float = 10.0) -> float:
+        """Ping until answered; returns the seconds it took."""
+        return await wait_for(
+            lambda: self.ping(address), within, f"{self.netns} to reach {address}", 0.0
+        )
+
+    async def set_underlay(
+        self,
+        v6: ipaddress.IPv6Interface | None = None,
+        v4: ipaddress.IPv4Interface | None = None,
+    ) -> None:
+        """Move this host to new underlay addresses (as after a DHCP/RA change)."""
+        if v6 is not None:
+            await self.run("ip", "addr", "add", str(v6), "dev", "eth0", "nodad")
+            await self.run("ip", "addr", "del", str(self.underlay_v6), "dev", "eth0")
+            self.underlay_v6 = v6
+        if v4 is not None:
+            await self.run("ip", "addr", "add", str(v4), "dev", "eth0")
+            await self.run("ip", "addr", "del", str(self.underlay_v4), "dev", "eth0")
+            self.underlay_v4 = v4
+
+    def write_etc(self, name: str, text: str) -> Path:
+        """Write /etc/netns/NS/NAME, which `ip netns exec` bind-mounts over /etc/NAME (hosts,
+        resolv.conf): a per-host resolver configuration without touching the machine's."""
+        path = Path("/etc/netns") / self.netns / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    async def resolve(self, name: str) -> list[str]:
+        """Resolve `name` with glibc inside this namespace (honours write_etc files)."""
+        r = await self.run("getent", "ahosts", name, check=False)
+        seen: list[str] = []
+        for line in r.stdout.splitlines():
+            addr = line.split()[0]
+            if addr not in seen:
+                seen.append(addr)
+        return seen
+
+
+class Lab:
+    """N hosts in network namespaces on one bridge; an async context manager that always
+    cleans up."""
+
+    def __init__(self, prefix: str, hosts: int = 2) -> None:
+        if not 1 <= hosts <= 250:
+            raise ValueError("a lab has 1-250 hosts")
+        if len(prefix) > 8:
+            raise ValueError("lab prefix is at most 8 characters (interface name limit)")
+        self.prefix = prefix
+        self.count = hosts
+        self.switch = f"{prefix}-sw"
+        self.hosts: list[LabHost] = []
+        self._procs: list[asyncio.subprocess.Process] = []
+        self._made_ns: list[str] = []
+        # A per-run number keeps underlay prefixes of parallel labs apart.
+        self._net = sum(prefix.encode()) % 250 + 1
+
+    def __getitem__(self, i: int) -> LabHost:
+        return self.hosts[i]
+
+    async def __aenter__(self) -> Lab:
+        try:
+            await self._build()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _add_ns(self, name: str) -> None:
+        await _exec("ip", "netns", "add", name)
+        self._made_ns.append(name)
+        await _exec("ip", "-n", name, "link", "set", "dev", "lo", "up")
+        # No duplicate address detection: lab addresses are unique by construction, and DAD
+        # holds link-local addresses tentative for ~1 s, which every test would wait for.
+        await _exec(
+            "ip", "netns", "exec", name, "sysctl", "-q", "-w",
+            "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0",
+        )  # fmt: skip
+
+    async def _build(self) -> None:
+        await self._add_ns(self.switch)
+        sw = ("ip", "-n", self.switch)
+        await _exec(*sw, "link", "add", "name", "br0", "index", "10", "type", "bridge")
+        await _exec(*sw, "link", "set", "dev", "br0", "up")
+        self.hosts = list(await asyncio.gather(*(self._add_host(i) for i in range(self.count))))
+        for h in self.hosts:
+            await wait_for(lambda h=h: self._ready(h), 5.0, f"{h.netns} eth0 up with link-local")  # type: ignore[misc]
+
+    async def _add_host(self, i: int) -> LabHost:
+        sw = ("ip", "-n", self.switch)
+        ns = f"{self.prefix}-h{i}"
+        await self._add_ns(ns)
+        # Distinct indexes on the two ends (see the module docstring).
+        await _exec(
+            *sw, "link", "add", "name", f"p{i}", "index", str(1000 + i),
+            "type", "veth", "peer", "name", "eth0", "netns", ns, "index", str(100 + i),
+        )  # fmt: skip
+        await _exec(*sw, "link", "set", "dev", f"p{i}", "master", "br0", "up")
+        v6 = ipaddress.IPv6Interface(f"fd9a:{self._net:x}::{i + 1:x}/64")
+        v4 = ipaddress.IPv4Interface(f"10.{self._net}.0.{i + 1}/24")
+        await _exec("ip", "-n", ns, "addr", "add", str(v6), "dev", "eth0", "nodad")
+        await _exec("ip", "-n", ns, "addr", "add", str(v4), "dev", "eth0")
+        await _exec("ip", "-n", ns, "link", "set", "dev", "eth0", "up")
+        wg_dir = LAB_ROOT / ns / "wireguard"
+        wg_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return LabHost(self, i, ns, v6, v4, wg_dir)
+
+    async def _ready(self, host: LabHost) -> bool:
+        r = await _exec("ip", "-n", host.netns, "-j", "addr", "show", "dev", "eth0")
+        info = json.loads(r.stdout)[0]
+        if "LOWER_UP" not in info.get("flags", []):
+            return False
+        return any(
+            a.get("scope") == "link" and a.get("family") == "inet6" and not a.get("tentative")
+            for a in info.get("addr_info", [])
+        )
+
+    async def close(self) -> None:
+        """Remove everything the lab made; safe to call twice, never raises."""
+        for h in self.hosts:
+            for backend in h._backends:
+                with contextlib.suppress(Exception):
+                    await backend.close()
+        for proc in self._procs:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(proc.wait(), 2.0)
+                except TimeoutError:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    await proc.wait()
+        for ns in reversed(self._made_ns):
+            # Anything still running in our namespaces was started by this lab.
+            r = await _exec("ip", "netns", "pids", ns, check=False)
+            for pid in r.stdout.split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+            await _exec("ip", "netns", "del", ns, check=False)
+            shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
+            shutil.rmtree(LAB_ROOT / ns, ignore_errors=True)
+        self._made_ns.clear()
+        self._procs.clear()

@@ -1,0 +1,70 @@
+"""Shared pieces of the netns tests: root check, a lab per test, and full-mesh desired states."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from meshd.adapters.reconciler import Reconciler
+from meshd.core.identity import WireGuardKey
+from meshd.core.wgplan import MeshInterface, WgDevice, WgPeer
+from meshd.lab import Lab, LabHost
+
+PORT = 51820
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/netns/" in str(item.path) and os.geteuid() != 0:
+            item.add_marker(pytest.mark.skip(reason="netns tests need root"))
+
+
+@dataclass
+class Node:
+    """One lab host running the data plane the way the daemon will."""
+
+    host: LabHost
+    key: WireGuardKey
+    reconciler: Reconciler
+
+    @property
+    def v6(self) -> ipaddress.IPv6Interface:
+        return ipaddress.IPv6Interface(f"fd77::{self.host.index + 1:x}/128")
+
+    @property
+    def v4(self) -> ipaddress.IPv4Interface:
+        return ipaddress.IPv4Interface(f"10.77.0.{self.host.index + 1}/32")
+
+    def as_peer(self, family: int) -> WgPeer:
+        underlay = self.host.underlay_v6 if family == 6 else self.host.underlay_v4
+        return WgPeer(
+            self.key.public,
+            (str(underlay.ip), PORT),
+            (self.v6.network, self.v4.network),
+        )
+
+
+def full_mesh(nodes: list[Node], me: Node, family: int = 6) -> MeshInterface:
+    peers = tuple(n.as_peer(family) for n in nodes if n is not me)
+    device = WgDevice(me.key.private, PORT, peers)
+    return MeshInterface.with_peer_routes("mesh0", device, (me.v6, me.v4))
+
+
+@pytest.fixture
+async def lab3(run_prefix: str, request: pytest.FixtureRequest) -> AsyncIterator[Lab]:
+    # One lab per test, named after the test so leftovers are attributable.
+    tag = f"{abs(hash(request.node.name)) % 100:02d}"
+    async with Lab(f"{run_prefix[:6]}{tag}", hosts=3) as lab:
+        yield lab
+
+
+def make_nodes(lab: Lab, count: int) -> list[Node]:
+    nodes = []
+    for host in lab.hosts[:count]:
+        reconciler = Reconciler(host.userspace_backend(), netns=host.netns)
+        nodes.append(Node(host, WireGuardKey(os.urandom(32)), reconciler))
+    return nodes
