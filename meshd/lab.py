@@ -100,18 +100,18 @@ class LabHost:
         """Run a command in this host's namespace and wait for it."""
         return await _exec("ip", "netns", "exec", self.netns, *argv, check=check, within=within)
 
-    async def spawn(self, *argv: str) -> asyncio.subprocess.Process:
-        """Start a long-running command in this namespace; the lab kills it on exit."""
-        proc = await asyncio.create_subprocess_exec(
-            "ip",
-            "netns",
-            "exec",
-            self.netns,
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
+    async def spawn(self, *argv: str, log: Path | None = None) -> asyncio.subprocess.Process:
+        """Start a long-running command in this namespace; the lab kills it on exit. Its
+        output is appended to `log` when given."""
+        out = open(log, "ab") if log is not None else asyncio.subprocess.DEVNULL  # noqa: SIM115, ASYNC230 (a local file, instant)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "ip", "netns", "exec", self.netns, *argv,
+                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+            )  # fmt: skip
+        finally:
+            if not isinstance(out, int):
+                out.close()  # the child has its own copy
         self.lab._procs.append(proc)
         return proc
 

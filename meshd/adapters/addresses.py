@@ -1,0 +1,34 @@
+"""This host's underlay addresses, the candidates for the endpoints a node announces."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from meshd.adapters.rtnl import open_iproute
+
+
+async def underlay_addresses(exclude_interfaces: set[str]) -> list[str]:
+    """Global and unique-local addresses of interfaces that are up, except `exclude_interfaces`
+    (the mesh interface) and loopback; link-local addresses can't be endpoints across links.
+    (pyroute2's synchronous IPRoute runs an event loop of its own and cannot be used inside
+    ours, hence the async socket.)"""
+    out: list[str] = []
+    ipr = open_iproute()
+    try:
+        links = [m async for m in await ipr.link("dump")]
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in links}
+        up = {link["index"] for link in links if link["flags"] & 1}
+        for msg in [m async for m in await ipr.addr("dump")]:
+            if msg["index"] not in up or names.get(msg["index"]) in exclude_interfaces:
+                continue
+            text = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+            if text is None:
+                continue
+            ip = ipaddress.ip_address(text)
+            if ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified:
+                continue
+            if str(ip) not in out:
+                out.append(str(ip))
+    finally:
+        ipr.close()
+    return out

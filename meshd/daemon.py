@@ -1,0 +1,708 @@
+"""meshd: the composition root.
+
+One object wires the pieces: the membership core (pure, `meshd.core.membership`), the transport
+(UDP + streams), the data plane (WireGuard backend + reconciler, `meshd.adapters`), the local
+API, persistence and signals. Data flows one way:
+
+    sockets -> MeshNode.receive -> events -> desired MeshInterface -> reconciler -> kernel
+    timers  -> MeshNode.handle_timer -> datagrams -> sockets
+
+Everything runs on one uvloop event loop; nothing here blocks for long.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import uvloop
+
+from meshd import keyfiles, logs
+from meshd.adapters import systemd
+from meshd.adapters.addresses import underlay_addresses
+from meshd.adapters.reconciler import Reconciler
+from meshd.adapters.store import StateStore
+from meshd.adapters.transport import MeshTransport, Received
+from meshd.adapters.wireguard import PeerStatus, WireGuardBackend, select_backend
+from meshd.api import ApiServer
+from meshd.config import (
+    DEFAULT_CONFIG_PATH,
+    Config,
+    ConfigError,
+    load_config,
+    markdown_table,
+    split_host_port,
+)
+from meshd.core import membership as ms
+from meshd.core.announce import Announcement, AnnouncementVerifier
+from meshd.core.cert import check_revocation, decode_revocation
+from meshd.core.config import MembershipConfig
+from meshd.core.endpoints import STALE_HANDSHAKE_S, EndpointChoice
+from meshd.core.errors import MeshError, RemoteProtocolError
+from meshd.core.identity import key_id
+from meshd.core.wgplan import MeshInterface, WgDevice, WgPeer
+from meshd.core.wire import Channel, MemberState
+from meshd.metrics import Registry
+from meshd.node import NodeIdentity, StartupError, load_identity
+
+log = logging.getLogger("meshd")
+
+LEAVE_DEADLINE_S = 2.0
+"""How long a graceful leave may take before exit: the LEFT announcement reaches every node in
+milliseconds by eager forwarding; this bounds the wait when the network is gone."""
+RECONCILE_PERIOD_S = 2.0
+"""Re-read the data plane this often to repair drift (a deleted route or interface, a killed
+wireguard-go) and to move stale peers to their next endpoint. Netlink events repair faster."""
+PERSIST_PERIOD_S = 30.0
+
+
+class Clock:
+    """Unix time that never jumps: wall clock at start plus monotonic time since. The core's
+    timers must not fire early or late when NTP steps the clock; certificate validity only needs
+    seconds of accuracy, which a monotonic clock anchored at start keeps for months."""
+
+    def __init__(self) -> None:
+        self._wall = time.time()
+        self._mono = time.monotonic()
+
+    def __call__(self) -> float:
+        return self._wall + (time.monotonic() - self._mono)
+
+
+@dataclass
+class PeerView:
+    """What the daemon shows about a member (API, metrics)."""
+
+    ann: Announcement
+    state: MemberState
+
+
+class Daemon:
+    def __init__(self, config: Config, node: NodeIdentity, *, rng: random.Random | None = None):
+        self.config = config
+        self.node = node
+        self.clock = Clock()
+        self.rng = rng or random.Random(int.from_bytes(os.urandom(8), "big"))
+        self.store = StateStore(config.state_dir)
+        self.wg_key = self.store.wireguard_key()
+        self.registry = Registry()
+        self._define_metrics()
+        self.stop_requested = asyncio.Event()
+        self._timer_changed = asyncio.Event()
+        self._persist_wanted = False
+        self._endpoint_choice: dict[bytes, EndpointChoice] = {}
+        self._rejected: Counter[str] = Counter()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._held: list[ms.Transmit] = []
+        self._apply_task: asyncio.Task[None] | None = None
+        self._apply_again = False
+        self._left = False
+        self.backend: WireGuardBackend | None = None
+        self.reconciler: Reconciler | None = None
+        self.transport: MeshTransport | None = None
+        self.api: ApiServer | None = None
+        self.core: ms.MeshNode | None = None
+        self.verifier = AnnouncementVerifier(node.trust, is_revoked=self._is_revoked)
+        self._revoked_serials: set[tuple[bytes, int]] = set()
+        self._revocations: dict[tuple[bytes, int], bytes] = {}
+
+    # --- start and stop ------------------------------------------------------------------------
+
+    def _membership_config(self) -> MembershipConfig:
+        return (
+            MembershipConfig.local()
+            if self.config.membership == "local"
+            else MembershipConfig.lan()
+        )
+
+    def _is_revoked(self, cert: Any) -> bool:
+        return (cert.ca_key, cert.serial) in self._revoked_serials
+
+    def _load_persisted(self, now: float) -> tuple[list[Announcement], list[Any]]:
+        revocations = []
+        for raw in self.store.revocations():
+            try:
+                rev = decode_revocation(raw)
+                check_revocation(rev, self.node.trust)
+            except RemoteProtocolError as exc:
+                log.warning("ignoring a persisted revocation: %s", exc)
+                continue
+            revocations.append(rev)
+            self._revoked_serials.add((rev.ca_key, rev.serial))
+            self._revocations[(rev.ca_key, rev.serial)] = rev.raw
+        peers = []
+        for raw in self.store.peers():
+            try:
+                ann = self.verifier.verify(raw, now)
+            except RemoteProtocolError as exc:
+                log.info("forgetting a persisted peer: %s", exc)
+                continue
+            if ann.node_id != self.node.identity.public:
+                peers.append(ann)
+        return peers, revocations
+
+    async def own_endpoints(self) -> list[tuple[str, int]]:
+        if self.config.endpoints:
+            return [split_host_port(e, "endpoints") for e in self.config.endpoints]
+        mesh = ipaddress.ip_network(self.node.cert.addresses[0] + "/48", strict=False)
+        out = []
+        for addr in await underlay_addresses({self.config.interface}):
+            ip = ipaddress.ip_address(addr)
+            if ip in mesh or ip.is_loopback or ip.is_link_local or ip.is_multicast:
+                continue
+            out.append((str(ip), self.config.listen_port))
+        # IPv6 first: no NAT in the way on most networks.
+        out.sort(key=lambda e: ipaddress.ip_address(e[0]).version == 4)
+        return out[:8]
+
+    async def resolve_seeds(self) -> list[tuple[str, int]]:
+        loop = asyncio.get_running_loop()
+        out: list[tuple[str, int]] = []
+        for seed in self.config.seeds:
+            host, port = split_host_port(seed, "seeds")
+            try:
+                infos = await loop.getaddrinfo(host, port, type=2)  # SOCK_DGRAM
+            except OSError as exc:
+                log.warning("resolving seed %s: %s", seed, exc)
+                continue
+            for info in infos:
+                addr = (str(info[4][0]), port)
+                if addr not in out:
+                    out.append(addr)
+        return out
+
+    async def start(self) -> None:
+        now = self.clock()
+        peers, revocations = self._load_persisted(now)
+        self.backend = await select_backend(
+            cast(Literal["auto", "kernel", "userspace"], self.config.backend),
+            socket_dir=self.config.wireguard_run_dir,
+            on_exit=self._wireguard_exited,
+            binary=self.config.wireguard_go,
+        )
+        self.reconciler = Reconciler(self.backend, period=RECONCILE_PERIOD_S)
+        await self.reconciler.converge(self.desired_interface([]))
+        self.transport = MeshTransport(
+            self.config.meshd_port,
+            self.config.interface,
+            list(self.node.cert.addresses),
+            self._on_message,
+        )
+        await self.transport.start()
+        self.core = ms.MeshNode(
+            self._membership_config(),
+            identity=self.node.identity,
+            certificate=self.node.cert,
+            trust=self.node.trust,
+            wg_public_key=self.wg_key.public,
+            endpoints=await self.own_endpoints(),
+            meshd_port=self.config.meshd_port,
+            rng=self.rng,
+            now=now,
+            prefixes=self.config.advertise_prefixes,
+            last_version=self.store.version(),
+            verifier=self.verifier,
+            peers=peers,
+            revocations=revocations,
+        )
+        self.store.save_version(self.core.announcement.version)
+        seeds = await self.resolve_seeds()
+        if seeds:
+            self.core.join(seeds, now)
+        elif self.config.seeds:
+            log.warning("no seed could be resolved; retrying in the background")
+        self._after_core()
+        self.api = ApiServer(self, self.config.socket)
+        await self.api.start()
+        for coro in (
+            self._timer_loop(),
+            self._desired_loop(),
+            self.reconciler.run(),
+            self._persist_loop(),
+            self._watchdog_loop(),
+        ):
+            self._tasks.append(asyncio.create_task(coro))
+        log.info(
+            "started %s (%s) in mesh %s: interface %s, WireGuard port %d, meshd port %d, "
+            "%d known peers, seeds %s",
+            self.node.cert.name,
+            ", ".join(self.node.cert.addresses),
+            self.config.mesh,
+            self.config.interface,
+            self.config.listen_port,
+            self.config.meshd_port,
+            len(peers),
+            ", ".join(self.config.seeds) or "none",
+        )
+        systemd.notify(f"READY=1\nSTATUS=member of {self.config.mesh}, {len(peers)} known peers")
+
+    async def leave(self) -> dict[str, Any]:
+        """Signed graceful leave; returns once it has been spread (or the deadline passed)."""
+        assert self.core is not None
+        if not self._left:
+            self._left = True
+            self.core.leave(self.clock())
+            self._after_core()
+            deadline = time.monotonic() + LEAVE_DEADLINE_S
+            while not self.core.leave_finished and time.monotonic() < deadline:
+                self._timer_changed.set()
+                await asyncio.sleep(0.01)
+            log.info("left the mesh (%s)", "announced" if self.core.leave_finished else "deadline")
+        return {"message": "left the mesh"}
+
+    async def stop(self) -> None:
+        systemd.notify("STOPPING=1")
+        if self.core is not None and not self._left:
+            with contextlib.suppress(Exception):
+                await self.leave()
+        tasks = [*self._tasks, *([self._apply_task] if self._apply_task else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._save_state()
+        if self.api is not None:
+            await self.api.stop()
+        if self.transport is not None:
+            await self.transport.close()
+        if self.backend is not None:
+            if not self.config.keep_interface:
+                with contextlib.suppress(MeshError, OSError):
+                    await self.backend.destroy(self.config.interface)
+            await self.backend.close()
+        if self.reconciler is not None:
+            await self.reconciler.close()
+
+    # --- the core's inputs and outputs ------------------------------------------------------
+
+    def _on_message(self, received: Received) -> None:
+        if self.core is None:
+            return
+        self.core.receive(received.data, received.source, self.clock(), Channel(received.channel))
+        self._after_core()
+
+    def _after_core(self) -> None:
+        """Send what the core wants sent, act on its events, and re-arm its timer.
+
+        When membership changed, the new peers must be in WireGuard before anything is sent to
+        their overlay addresses (else the first probe fails and raises a false suspicion): the
+        data plane is applied at once and overlay traffic is held until it is done."""
+        assert self.core is not None
+        membership_changed = False
+        for event in self.core.events():
+            membership_changed |= self._on_event(event)
+        self._held.extend(self.core.datagrams_to_send())
+        if membership_changed:
+            self._persist_wanted = True
+            if self._apply_task is None or self._apply_task.done():
+                self._apply_task = asyncio.get_running_loop().create_task(self._apply_now())
+            else:
+                self._apply_again = True
+        if self._apply_task is None or self._apply_task.done():
+            self._send_held()
+        else:
+            self._send_held(underlay_only=True)
+        self._timer_changed.set()
+
+    def _send_held(self, underlay_only: bool = False) -> None:
+        assert self.transport is not None
+        keep = []
+        for out in self._held:
+            if out.channel is Channel.STREAM:
+                if underlay_only:
+                    keep.append(out)
+                else:
+                    self.transport.send_stream(out.destination, out.data)
+            elif out.channel is Channel.UNDERLAY or not underlay_only:
+                self.transport.send(out.destination, out.data)
+            else:
+                keep.append(out)
+        self._held = keep
+
+    async def _apply_now(self) -> None:
+        assert self.reconciler is not None and self.core is not None
+        try:
+            while True:
+                self._apply_again = False
+                desired = self.desired_interface(self.core.live_members())
+                try:
+                    await self.reconciler.apply(desired)
+                except MeshError as exc:
+                    log.warning("applying membership change to %s: %s", self.config.interface, exc)
+                    self.reconciler.trigger()  # its own loop retries with back-off
+                if not self._apply_again:
+                    break
+        finally:
+            self._send_held()
+
+    def _on_event(self, event: ms.Event) -> bool:
+        if isinstance(event, ms.MessageRejected):
+            self.m_rejected.inc(reason=event.reason.value)
+            log.debug("rejected from %s: %s %s", event.source[0], event.reason.value, event.detail)
+            return False
+        if isinstance(event, ms.PeerJoined):
+            log.info(
+                "peer %s joined (%s)", event.announcement.name, event.announcement.cert.addresses[0]
+            )
+        elif isinstance(event, ms.PeerUpdated):
+            log.info("peer %s updated its announcement", event.announcement.name)
+        elif isinstance(event, ms.PeerSuspected):
+            member = self.core.member(event.node_id) if self.core else None
+            log.info("peer %s suspected", member.ann.name if member else key_id(event.node_id))
+        elif isinstance(event, ms.PeerAlive):
+            log.info("peer %s refuted suspicion", event.announcement.name)
+        elif isinstance(event, ms.PeerDead):
+            log.warning("peer %s declared dead", event.announcement.name)
+        elif isinstance(event, ms.PeerLeft):
+            log.info("peer %s left", event.announcement.name)
+        elif isinstance(event, ms.RevocationAdded):
+            rev = event.revocation
+            self._revoked_serials.add((rev.ca_key, rev.serial))
+            self._revocations[(rev.ca_key, rev.serial)] = rev.raw
+            log.warning("certificate serial %d revoked (%s)", rev.serial, rev.reason or "no reason")
+            self._save_revocations()
+        return True
+
+    async def _timer_loop(self) -> None:
+        assert self.core is not None
+        while True:
+            self._timer_changed.clear()
+            delay = self.core.get_timer() - self.clock()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._timer_changed.wait(), timeout=min(delay, 60.0))
+                continue  # re-read the deadline: it may have moved
+            self.core.handle_timer(self.clock())
+            self._after_core()
+
+    # --- the data plane -----------------------------------------------------------------------
+
+    def desired_interface(self, live: list[Announcement]) -> MeshInterface:
+        now = self.clock()
+        peers = []
+        for ann in live:
+            if ann.node_id == self.node.identity.public:
+                continue
+            stats = self._peer_status(ann.wg_public_key)
+            choice = self._endpoint_choice.setdefault(ann.node_id, EndpointChoice())
+            endpoint = choice.update(
+                ann.endpoints,
+                _handshake_age(stats, now),
+                stats.peer.endpoint if stats else None,
+                now,
+            )
+            allowed = [ipaddress.ip_network(a) for a in ann.cert.addresses]
+            peers.append(
+                WgPeer(
+                    public_key=ann.wg_public_key,
+                    endpoint=endpoint,
+                    allowed_ips=tuple(allowed),
+                    persistent_keepalive=self.config.persistent_keepalive,
+                )
+            )
+        device = WgDevice(self.wg_key.private, self.config.listen_port, tuple(peers))
+        addresses = tuple(
+            ipaddress.ip_interface(f"{a}/{128 if ipaddress.ip_address(a).version == 6 else 32}")
+            for a in self.node.cert.addresses
+        )
+        return MeshInterface.with_peer_routes(
+            self.config.interface, device, addresses, self.config.mtu
+        )
+
+    def _peer_status(self, wg_public_key: bytes) -> PeerStatus | None:
+        return self.reconciler.peer_status.get(wg_public_key) if self.reconciler else None
+
+    def _wireguard_exited(self, ifname: str) -> None:
+        log.warning("wireguard-go for %s exited; restarting it and re-applying state", ifname)
+        if self.reconciler is not None:
+            self.reconciler.trigger()
+
+    def _update_desired(self) -> None:
+        assert self.reconciler is not None and self.core is not None
+        self.reconciler.set_desired(self.desired_interface(self.core.live_members()))
+
+    async def _desired_loop(self) -> None:
+        """Recompute the desired interface periodically, so that peers whose handshake went
+        stale move on to their next announced endpoint (membership changes apply at once, in
+        `_apply_now`), and the reconciler repairs drift."""
+        while True:
+            await asyncio.sleep(RECONCILE_PERIOD_S)
+            self._update_desired()
+
+    # --- persistence and supervision ------------------------------------------------------------
+
+    def _save_state(self) -> None:
+        if self.core is None:
+            return
+        try:
+            self.store.save_version(self.core.announcement.version)
+            self.store.save_peers(
+                [
+                    m.ann.raw
+                    for m in self.core.members()
+                    if m.state in (MemberState.ALIVE, MemberState.SUSPECT)
+                ]
+            )
+        except OSError as exc:
+            log.error("saving state to %s: %s", self.config.state_dir, exc)
+
+    def _save_revocations(self) -> None:
+        try:
+            self.store.save_revocations(sorted(self._revocations.values()))
+        except OSError as exc:
+            log.error("saving revocations to %s: %s", self.config.state_dir, exc)
+
+    async def _persist_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PERSIST_PERIOD_S)
+            if self._persist_wanted:
+                self._persist_wanted = False
+                self._save_state()
+
+    async def _watchdog_loop(self) -> None:
+        interval = systemd.watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            systemd.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    # --- the local API (meshd.api.Control) -------------------------------------------------------
+
+    def _define_metrics(self) -> None:
+        m = self.registry
+        self.m_rejected = m.counter("meshd_rejected_messages_total", "Messages refused, by reason.")
+        passes = m.counter("meshd_reconcile_passes_total", "Data plane reconciliation passes.")
+        peers = m.gauge("meshd_peers", "Members by membership state.")
+        handshake = m.gauge(
+            "meshd_peer_handshake_age_seconds",
+            "Seconds since the last WireGuard handshake, per peer.",
+        )
+        msgs = m.counter("meshd_gossip_messages_total", "Membership messages, by direction.")
+        nbytes = m.counter("meshd_gossip_bytes_total", "Membership bytes, by direction.")
+        cert_left = m.gauge(
+            "meshd_certificate_expiry_seconds", "Seconds until this node's certificate expires."
+        )
+        health = m.gauge("meshd_local_health", "Lifeguard local health score (0 is healthy).")
+
+        def collect() -> None:
+            now = self.clock()
+            cert_left.set(self.node.cert.not_after - now)
+            if self.core is None:
+                return
+            peers.clear()
+            for state in MemberState:
+                if state is not MemberState.UNKNOWN:
+                    peers.set(0, state=state.name.lower())
+            for member in self.core.members():
+                peers.inc(state=member.state.name.lower())
+            handshake.clear()
+            for view in self.peers():
+                if view["handshake_age_s"] is not None:
+                    handshake.set(view["handshake_age_s"], peer=view["name"])
+            stats = self.core.stats
+            msgs.set(stats.get("sent_msgs", 0), direction="out")
+            msgs.set(stats.get("recv_msgs", 0), direction="in")
+            nbytes.set(stats.get("sent_bytes", 0), direction="out")
+            nbytes.set(stats.get("recv_bytes", 0), direction="in")
+            health.set(self.core.health)
+            if self.reconciler is not None:
+                passes.set(self.reconciler.passes)
+
+        m.on_collect(collect)
+
+    def metrics(self) -> str:
+        return self.registry.render()
+
+    def peers(self) -> list[dict[str, Any]]:
+        if self.core is None:
+            return []
+        now = self.clock()
+        out = []
+        for member in self.core.members():
+            ann = member.ann
+            stats = self._peer_status(ann.wg_public_key)
+            endpoint = stats.peer.endpoint if stats else None
+            out.append(
+                {
+                    "name": ann.name,
+                    "node_id": keyfiles.encode_key(ann.node_id).decode().strip(),
+                    "overlay_addresses": list(ann.cert.addresses),
+                    "state": member.state.name.lower(),
+                    "version": ann.version,
+                    "wg_public_key": keyfiles.encode_key(ann.wg_public_key).decode().strip(),
+                    "endpoints": [_endpoint_text(e) for e in ann.endpoints],
+                    "endpoint": _endpoint_text(endpoint) if endpoint else None,
+                    "handshake_age_s": _handshake_age(stats, now),
+                    "rx_bytes": stats.rx_bytes if stats else 0,
+                    "tx_bytes": stats.tx_bytes if stats else 0,
+                    "rtt_ms": self.core.rtt_ms(ann.node_id)
+                    if hasattr(self.core, "rtt_ms")
+                    else None,
+                    "prefixes": list(ann.prefixes),
+                }
+            )
+        return out
+
+    def warnings(self) -> list[str]:
+        out = []
+        left = self.node.cert.not_after - self.clock()
+        if left < 14 * 86400:
+            out.append(
+                f"certificate expires in {left / 86400:.1f} days; renew it "
+                "(meshctl cert issue) and send SIGHUP"
+            )
+        return out
+
+    def health(self) -> tuple[bool, str]:
+        if self.core is None:
+            return False, "starting"
+        if self._left:
+            return False, "left the mesh"
+        live = [p for p in self.peers() if p["state"] in ("alive", "suspect")]
+        fresh = [
+            p
+            for p in live
+            if p["handshake_age_s"] is not None and p["handshake_age_s"] < STALE_HANDSHAKE_S
+        ]
+        if fresh:
+            return True, f"{len(fresh)} of {len(live)} peers reachable"
+        if not live and not self.config.seeds:
+            return True, "first node: no seeds configured and no peers yet"
+        return False, f"no peer reachable ({len(live)} known)"
+
+    def status(self) -> dict[str, Any]:
+        assert self.core is not None
+        me = self.core.announcement
+        healthy, _ = self.health()
+        return {
+            "node": {
+                "name": self.node.cert.name,
+                "mesh": self.config.mesh,
+                "node_id": keyfiles.encode_key(self.node.identity.public).decode().strip(),
+                "overlay_addresses": list(self.node.cert.addresses),
+                "wg_public_key": keyfiles.encode_key(self.wg_key.public).decode().strip(),
+                "interface": self.config.interface,
+                "backend": self.backend.kind if self.backend else "none",
+                "listen_port": self.config.listen_port,
+                "meshd_port": self.config.meshd_port,
+                "endpoints": [_endpoint_text(e) for e in me.endpoints],
+                "version": me.version,
+                "certificate_serial": self.node.cert.serial,
+                "certificate_expires_at": self.node.cert.not_after,
+                "local_health": self.core.health,
+            },
+            "connected": healthy,
+            "warnings": self.warnings(),
+            "peers": self.peers(),
+        }
+
+    async def rotate(self) -> dict[str, Any]:
+        raise MeshError("WireGuard key rotation is not available yet (issue: keys that rotate)")
+
+    async def apply_revocation(self, record: bytes) -> dict[str, Any]:
+        assert self.core is not None
+        try:
+            rev = decode_revocation(record)
+            check_revocation(rev, self.node.trust)
+        except RemoteProtocolError as exc:
+            raise MeshError(f"revocation refused: {exc}") from None
+        self.core.add_revocation(rev, self.clock())
+        self._after_core()
+        return {"message": f"revocation of serial {rev.serial} applied and spreading"}
+
+    # --- signals -----------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """SIGHUP: read the certificate again; a renewed one is announced at once."""
+        try:
+            node = load_identity(self.config)
+        except StartupError as exc:
+            log.error("reload refused, keeping the current certificate: %s", exc)
+            return
+        if node.cert.raw == self.node.cert.raw:
+            log.info("reload: certificate unchanged")
+            return
+        self.node = node
+        assert self.core is not None
+        self.core.update_self(self.clock(), certificate=node.cert)
+        self._after_core()
+        log.info(
+            "reload: certificate serial %d (valid until %s) announced",
+            node.cert.serial,
+            time.strftime("%Y-%m-%d", time.gmtime(node.cert.not_after)),
+        )
+
+
+def _endpoint_text(endpoint: tuple[str, int]) -> str:
+    host, port = endpoint
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _handshake_age(stats: PeerStatus | None, now: float) -> float | None:
+    if stats is None or stats.last_handshake is None:
+        return None
+    return max(0.0, now - stats.last_handshake)
+
+
+async def run(config: Config) -> int:
+    try:
+        node = load_identity(config)
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    loop = asyncio.get_running_loop()
+    daemon = Daemon(config, node)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.stop_requested.set)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    try:
+        await daemon.start()
+    except (MeshError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        await daemon.stop()
+        return 1
+    try:
+        await daemon.stop_requested.wait()
+        log.info("stopping")
+    finally:
+        await daemon.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="meshd", description="WireGuard mesh daemon.")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"TOML config file (default: $MESHD_CONFIG or {DEFAULT_CONFIG_PATH})",
+    )
+    parser.add_argument("--help-config", action="store_true", help="list every config field")
+    args = parser.parse_args(argv)
+    if args.help_config:
+        print(markdown_table(), end="")
+        return 0
+    path = args.config or Path(os.environ.get("MESHD_CONFIG", DEFAULT_CONFIG_PATH))
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"meshd: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(config.log_level)
+    return uvloop.run(run(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
