@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import ipaddress
 import logging
 import os
@@ -36,7 +37,6 @@ from meshd.adapters.reconciler import Reconciler
 from meshd.adapters.store import StateStore
 from meshd.adapters.transport import MeshTransport, Received
 from meshd.adapters.wireguard import PeerStatus, WireGuardBackend, select_backend
-from meshd.api import ApiServer
 from meshd.config import (
     DEFAULT_CONFIG_PATH,
     Config,
@@ -112,7 +112,7 @@ class Daemon:
         self.backend: WireGuardBackend | None = None
         self.reconciler: Reconciler | None = None
         self.transport: MeshTransport | None = None
-        self.api: ApiServer | None = None
+        self.api: Any = None  # meshd.api.ApiServer, imported late (see start)
         self.core: ms.MeshNode | None = None
         self.verifier = AnnouncementVerifier(node.trust, is_revoked=self._is_revoked)
         self._revoked_serials: set[tuple[bytes, int]] = set()
@@ -184,16 +184,10 @@ class Daemon:
         return out
 
     async def start(self) -> None:
+        """Start in the order that makes a new node reachable soonest: the join request goes
+        out on the underlay first, while wireguard-go starts; the local API comes last."""
         now = self.clock()
         peers, revocations = self._load_persisted(now)
-        self.backend = await select_backend(
-            cast(Literal["auto", "kernel", "userspace"], self.config.backend),
-            socket_dir=self.config.wireguard_run_dir,
-            on_exit=self._wireguard_exited,
-            binary=self.config.wireguard_go,
-        )
-        self.reconciler = Reconciler(self.backend, period=RECONCILE_PERIOD_S)
-        await self.reconciler.converge(self.desired_interface([]))
         self.transport = MeshTransport(
             self.config.meshd_port,
             self.config.interface,
@@ -223,17 +217,33 @@ class Daemon:
             self.core.join(seeds, now)
         elif self.config.seeds:
             log.warning("no seed could be resolved; retrying in the background")
-        self._after_core()
-        self.api = ApiServer(self, self.config.socket)
-        await self.api.start()
+        self._after_core()  # the join request leaves now; overlay traffic waits for WireGuard
+        self.backend = await select_backend(
+            cast(Literal["auto", "kernel", "userspace"], self.config.backend),
+            socket_dir=self.config.wireguard_run_dir,
+            on_exit=self._wireguard_exited,
+            binary=self.config.wireguard_go,
+        )
+        reconciler = Reconciler(self.backend, period=RECONCILE_PERIOD_S)
+        await reconciler.converge(self.desired_interface([]))
+        # Only now does `_after_core` see a data plane: until here it held overlay traffic.
+        self.reconciler = reconciler
+        # Members learnt while WireGuard was starting (the join reply, persisted peers) are
+        # applied now, and the overlay traffic held for them is released once they are in.
+        self._apply_task = asyncio.get_running_loop().create_task(self._apply_now())
         for coro in (
             self._timer_loop(),
             self._desired_loop(),
-            self.reconciler.run(),
+            reconciler.run(),
             self._persist_loop(),
             self._watchdog_loop(),
         ):
             self._tasks.append(asyncio.create_task(coro))
+        # aiohttp takes 0.3-0.4 s to import. Done here, in a thread, so that neither the join
+        # request nor the answers to the first probes of the new member wait for it.
+        api = await asyncio.to_thread(importlib.import_module, "meshd.api")
+        self.api = api.ApiServer(self, self.config.socket)
+        await self.api.start()
         log.info(
             "started %s (%s) in mesh %s: interface %s, WireGuard port %d, meshd port %d, "
             "%d known peers, seeds %s",
@@ -305,14 +315,14 @@ class Daemon:
         self._held.extend(self.core.datagrams_to_send())
         if membership_changed:
             self._persist_wanted = True
-            if self._apply_task is None or self._apply_task.done():
-                self._apply_task = asyncio.get_running_loop().create_task(self._apply_now())
-            else:
-                self._apply_again = True
-        if self._apply_task is None or self._apply_task.done():
-            self._send_held()
-        else:
-            self._send_held(underlay_only=True)
+        if self.reconciler is None:
+            pass  # starting: start() applies the data plane once WireGuard is up
+        elif self._apply_task is not None and not self._apply_task.done():
+            self._apply_again |= membership_changed
+        elif membership_changed:
+            self._apply_task = asyncio.get_running_loop().create_task(self._apply_now())
+        busy = self.reconciler is None or not (self._apply_task is None or self._apply_task.done())
+        self._send_held(underlay_only=busy)
         self._timer_changed.set()
 
     def _send_held(self, underlay_only: bool = False) -> None:

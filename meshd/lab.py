@@ -182,6 +182,7 @@ class Lab:
         self.hosts: list[LabHost] = []
         self._procs: list[asyncio.subprocess.Process] = []
         self._made_ns: list[str] = []
+        self._sysctl_restore: list[tuple[Path, int]] = []
         # A per-run number keeps underlay prefixes of parallel labs apart.
         self._net = sum(prefix.encode()) % 250 + 1
 
@@ -215,7 +216,26 @@ class Lab:
             "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0",
         )  # fmt: skip
 
+    def _raise_neighbour_limits(self) -> None:
+        """IPv6 keeps a neighbour entry per destination even on a tun device, and the kernel's
+        limit (gc_thresh3, default 1,024) counts the entries of all namespaces together. A
+        lab of N meshd hosts needs about 2*N*(N-1) (underlay + overlay); beyond the limit sends
+        fail with EINVAL and "neighbor table overflow". Raised for the lab, restored on close."""
+        need = 4 * self.count * self.count
+        for family in ("ipv4", "ipv6"):
+            for i, factor in ((1, 1), (2, 2), (3, 4)):
+                path = Path(f"/proc/sys/net/{family}/neigh/default/gc_thresh{i}")
+                try:
+                    old = int(path.read_text())
+                except OSError:
+                    continue
+                if old < need * factor // 4:
+                    self._sysctl_restore.append((path, old))
+                    path.write_text(str(need * factor // 4))
+
     async def _build(self) -> None:
+        if self.count > 10:
+            self._raise_neighbour_limits()
         await self._add_ns(self.switch)
         sw = ("ip", "-n", self.switch)
         await _exec(*sw, "link", "add", "name", "br0", "index", "10", "type", "bridge")
@@ -280,3 +300,7 @@ class Lab:
             shutil.rmtree(LAB_ROOT / ns, ignore_errors=True)
         self._made_ns.clear()
         self._procs.clear()
+        for path, old in reversed(self._sysctl_restore):
+            with contextlib.suppress(OSError):
+                path.write_text(str(old))
+        self._sysctl_restore.clear()
