@@ -65,7 +65,9 @@ milliseconds by eager forwarding; this bounds the wait when the network is gone.
 RECONCILE_PERIOD_S = 2.0
 """Re-read the data plane this often to repair drift (a deleted route or interface, a killed
 wireguard-go) and to move stale peers to their next endpoint. Netlink events repair faster."""
-PERSIST_PERIOD_S = 30.0
+PERSIST_DELAY_S = 1.0
+"""Known peers are written this long after a membership change (coalescing bursts), so that even
+a crash of every node soon after a change leaves each one a list of peers to re-form from."""
 
 
 class Clock:
@@ -101,7 +103,9 @@ class Daemon:
         self._define_metrics()
         self.stop_requested = asyncio.Event()
         self._timer_changed = asyncio.Event()
-        self._persist_wanted = False
+        self._persist_wanted = asyncio.Event()
+        self._last_alive: dict[bytes, bytes] = {}
+        """Newest ALIVE announcement of every member, persisted as restart contacts."""
         self._endpoint_choice: dict[bytes, EndpointChoice] = {}
         self._rejected: Counter[str] = Counter()
         self._tasks: list[asyncio.Task[None]] = []
@@ -314,7 +318,7 @@ class Daemon:
             membership_changed |= self._on_event(event)
         self._held.extend(self.core.datagrams_to_send())
         if membership_changed:
-            self._persist_wanted = True
+            self._persist_wanted.set()
         if self.reconciler is None:
             pass  # starting: start() applies the data plane once WireGuard is up
         elif self._apply_task is not None and not self._apply_task.done():
@@ -357,6 +361,8 @@ class Daemon:
             self._send_held()
 
     def _on_event(self, event: ms.Event) -> bool:
+        if isinstance(event, ms.PeerJoined | ms.PeerUpdated | ms.PeerAlive):
+            self._last_alive[event.announcement.node_id] = event.announcement.raw
         if isinstance(event, ms.MessageRejected):
             self.m_rejected.inc(reason=event.reason.value)
             log.debug("rejected from %s: %s %s", event.source[0], event.reason.value, event.detail)
@@ -453,17 +459,17 @@ class Daemon:
     # --- persistence and supervision ------------------------------------------------------------
 
     def _save_state(self) -> None:
+        """Persist our version and the last ALIVE announcement of every member the core still
+        knows, tombstones included: after every node restarts at once (each having seen the
+        others leave), these are the contacts the mesh re-forms through. A tombstone's expiry
+        in the core drops it from here too."""
         if self.core is None:
             return
+        known = {m.ann.node_id for m in self.core.members()}
+        contacts = [raw for node_id, raw in self._last_alive.items() if node_id in known]
         try:
             self.store.save_version(self.core.announcement.version)
-            self.store.save_peers(
-                [
-                    m.ann.raw
-                    for m in self.core.members()
-                    if m.state in (MemberState.ALIVE, MemberState.SUSPECT)
-                ]
-            )
+            self.store.save_peers(contacts)
         except OSError as exc:
             log.error("saving state to %s: %s", self.config.state_dir, exc)
 
@@ -475,10 +481,10 @@ class Daemon:
 
     async def _persist_loop(self) -> None:
         while True:
-            await asyncio.sleep(PERSIST_PERIOD_S)
-            if self._persist_wanted:
-                self._persist_wanted = False
-                self._save_state()
+            await self._persist_wanted.wait()
+            await asyncio.sleep(PERSIST_DELAY_S)
+            self._persist_wanted.clear()
+            self._save_state()
 
     async def _watchdog_loop(self) -> None:
         interval = systemd.watchdog_interval()
