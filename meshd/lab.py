@@ -139,14 +139,22 @@ class LabHost:
         v4: ipaddress.IPv4Interface | None = None,
     ) -> None:
         """Move this host to new underlay addresses (as after a DHCP/RA change)."""
+        # One `ip -batch` process: the change lands as one burst of netlink messages.
+        batch = ""
         if v6 is not None:
-            await self.run("ip", "addr", "add", str(v6), "dev", "eth0", "nodad")
-            await self.run("ip", "addr", "del", str(self.underlay_v6), "dev", "eth0")
-            self.underlay_v6 = v6
+            batch += f"addr add {v6} dev eth0 nodad\naddr del {self.underlay_v6} dev eth0\n"
         if v4 is not None:
-            await self.run("ip", "addr", "add", str(v4), "dev", "eth0")
-            await self.run("ip", "addr", "del", str(self.underlay_v4), "dev", "eth0")
-            self.underlay_v4 = v4
+            batch += f"addr add {v4} dev eth0\naddr del {self.underlay_v4} dev eth0\n"
+        path = LAB_ROOT / self.netns / "batch"
+        path.write_text(batch)
+        await _exec("ip", "-n", self.netns, "-batch", str(path))
+        self.underlay_v6 = v6 or self.underlay_v6
+        self.underlay_v4 = v4 or self.underlay_v4
+
+    async def wg(self, *args: str) -> Result:
+        """Run `wg` against this host's wireguard-go (its private socket directory)."""
+        script = 'mount --bind "$0" /var/run/wireguard && exec wg "$@"'
+        return await self.run("sh", "-c", script, str(self.wg_dir), *args)
 
     def write_etc(self, name: str, text: str) -> Path:
         """Write /etc/netns/NS/NAME, which `ip netns exec` bind-mounts over /etc/NAME (hosts,

@@ -128,12 +128,12 @@ async def collect(result: Any) -> list[Any]:
     return list(result)
 
 
-def open_iproute(netns: str | None = None, groups: int = 0) -> IPRoute:
+def open_iproute(netns: str | None = None, groups: int = 0, rcvbuf: int = RCVBUF) -> IPRoute:
     """An rtnetlink socket in `netns` (None: ours). `flags=0` because pyroute2's default flag
     silently *creates* a missing namespace; here a missing one is an error."""
     if netns is None:
-        return IPRoute(rcvbuf=RCVBUF, groups=groups)
-    return IPRoute(netns=netns, flags=0, rcvbuf=RCVBUF, groups=groups)
+        return IPRoute(rcvbuf=rcvbuf, groups=groups)
+    return IPRoute(netns=netns, flags=0, rcvbuf=rcvbuf, groups=groups)
 
 
 def open_wireguard_genl(netns: str | None = None) -> WireGuardGenl:
