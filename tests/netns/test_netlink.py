@@ -55,7 +55,7 @@ async def test_missing_namespace_is_an_error_not_created(run_prefix: str) -> Non
     with pytest.raises(FileNotFoundError):
         async with open_iproute(f"{run_prefix}-nonexistent") as ipr:
             await ipr.link("dump")
-    assert not Path(f"/run/netns/{run_prefix}-nonexistent").exists()
+    assert not await asyncio.to_thread(Path(f"/run/netns/{run_prefix}-nonexistent").exists)
 
 
 async def _collect_events(monitor: NetlinkMonitor, into: list[NetlinkEvent]) -> None:
