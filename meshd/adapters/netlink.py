@@ -21,10 +21,19 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from meshd.adapters.rtnl import MONITOR_GROUPS, RCVBUF, IPRoute, collect, open_iproute
+from meshd.adapters.rtnl import (
+    MONITOR_GROUPS,
+    RCVBUF,
+    IPRoute,
+    collect,
+    dump_routes,
+    open_iproute,
+    open_route_socket,
+)
 from meshd.core.wgplan import MESHD_ROUTE_PROTO, Prefix
 
 log = logging.getLogger(__name__)
@@ -120,6 +129,7 @@ class NetlinkMonitor:
         self.reopens = 0
         """How often the event socket was reopened (ENOBUFS and other read errors)."""
         self._dirty = asyncio.Event()
+        self._route_sock: socket.socket | None = None
         self.ready = asyncio.Event()
         """Set once the first snapshot is taken: changes after that are reported."""
 
@@ -149,10 +159,11 @@ class NetlinkMonitor:
                 underlay.add(ip)
         routes: set[Prefix] = set()
         if mesh_index is not None:
-            for msg in await collect(await ipr.route("dump")):
-                if msg["proto"] == self.route_proto and msg.get_attr("RTA_OIF") == mesh_index:
-                    dst = msg.get_attr("RTA_DST")
-                    routes.add(ipaddress.ip_network(f"{dst}/{msg['dst_len']}"))
+            if self._route_sock is None:
+                self._route_sock = open_route_socket(self.netns)
+            for r in await dump_routes(self._route_sock):
+                if r.proto == self.route_proto and r.oif == mesh_index:
+                    routes.add(r.dst)
         return NetState(
             frozenset(links.values()),
             frozenset(underlay),
@@ -210,3 +221,6 @@ class NetlinkMonitor:
                         await listener
                 sock.close()
                 dump.close()
+                if self._route_sock is not None:
+                    self._route_sock.close()
+                    self._route_sock = None

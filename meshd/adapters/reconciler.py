@@ -25,7 +25,7 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from meshd.adapters.rtnl import IPRoute, collect, open_iproute
+from meshd.adapters.rtnl import IPRoute, collect, dump_routes, open_iproute, open_route_socket
 from meshd.adapters.wireguard import (
     DeviceStatus,
     PeerStatus,
@@ -89,9 +89,11 @@ class Reconciler:
         self.passes = 0
         self.last_ops: list[Op] = []
         self.converged = asyncio.Event()
-        """Set after a pass that found nothing to do; cleared by `trigger()`."""
+        """Set after a pass that succeeded with no newer trigger pending; cleared by
+        `trigger()`."""
         self._wake = asyncio.Event()
         self._ipr: IPRoute | None = None
+        self._route_sock: socket.socket | None = None
         self._lock = asyncio.Lock()
 
     # --- public API --------------------------------------------------------------------------
@@ -162,8 +164,9 @@ class Reconciler:
             backoff = 0.05
             if ops:
                 log.info("reconciled %s: %s", self.desired.name, describe_ops(ops))
-                self._wake.set()  # verify with one more pass
-            else:
+            # No verification pass: every operation reported success, and later drift comes
+            # back through the monitor, on_exit or the periodic pass.
+            if not self._wake.is_set():
                 self.converged.set()
 
     async def close(self) -> None:
@@ -177,6 +180,9 @@ class Reconciler:
         return self._ipr
 
     def _drop_socket(self) -> None:
+        if self._route_sock is not None:
+            self._route_sock.close()
+            self._route_sock = None
         if self._ipr is not None:
             with contextlib.suppress(Exception):
                 self._ipr.close()
@@ -197,11 +203,14 @@ class Reconciler:
         try:
             status = await self.backend.read(ifname)
             link = await self._link(ifname)
+            if link is None or status is None:
+                return None, status
+            return await self._read_link_state(ifname, link, status), status
         except (NetlinkError, OSError) as exc:
             self._drop_socket()
             raise ReconcileError(f"reading {ifname}: {exc}") from None
-        if link is None or status is None:
-            return None, status
+
+    async def _read_link_state(self, ifname: str, link: Any, status: DeviceStatus) -> MeshInterface:
         index = link["index"]
         ipr = self._socket()
         addresses: list[Address] = []
@@ -210,16 +219,14 @@ class Reconciler:
             iface = ipaddress.ip_interface(f"{ip}/{msg['prefixlen']}")
             if not (iface.version == 6 and iface.ip.is_link_local):
                 addresses.append(iface)
-        routes: list[Prefix] = []
-        for msg in await collect(await ipr.route("dump")):
-            if (
-                msg["proto"] == self.route_proto
-                and _attr(msg, "RTA_OIF") == index
-                and _attr(msg, "RTA_TABLE") in (RT_TABLE_MAIN, None)
-            ):
-                dst = _attr(msg, "RTA_DST")
-                routes.append(ipaddress.ip_network(f"{dst}/{msg['dst_len']}"))
-        actual = MeshInterface(
+        if self._route_sock is None:
+            self._route_sock = open_route_socket(self.netns)
+        routes: list[Prefix] = [
+            r.dst
+            for r in await dump_routes(self._route_sock)
+            if r.proto == self.route_proto and r.oif == index and r.table == RT_TABLE_MAIN
+        ]
+        return MeshInterface(
             ifname,
             status.device,
             tuple(addresses),
@@ -227,7 +234,6 @@ class Reconciler:
             bool(link["flags"] & IFF_UP),
             tuple(routes),
         )
-        return actual, status
 
     # --- executing ---------------------------------------------------------------------------
 

@@ -15,10 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
+import os
 import socket
+import struct
+from dataclasses import dataclass
 from typing import Any
 
 from pyroute2 import AsyncIPRoute
+from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink.core import CoreDatagramProtocol
 from pyroute2.netlink.generic.wireguard import WG_GENL_NAME, AsyncWireGuard, wgmsg
 from pyroute2.netlink.rtnl import (
@@ -140,3 +145,120 @@ def open_wireguard_genl(netns: str | None = None) -> WireGuardGenl:
     if netns is None:
         return WireGuardGenl()
     return WireGuardGenl(netns=netns, flags=0)
+
+
+# --- fast route dump ---------------------------------------------------------------------------
+#
+# pyroute2 decodes every attribute of every message in Python: ~150 µs per route, so a dump of
+# the 2,000 routes of a 1,000-peer mesh took 0.2-0.4 s and dominated every reconcile pass and
+# monitor snapshot. Routes are read with this minimal parser instead (three attributes; ~5 µs per
+# route). Writes still go through pyroute2.
+
+_NLMSG_HDR = struct.Struct("=IHHII")
+_RTMSG = struct.Struct("=BBBBBBBBI")
+_RTATTR = struct.Struct("=HH")
+_RTM_NEWROUTE, _RTM_GETROUTE = 24, 26
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
+_NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
+_RTA_DST, _RTA_OIF, _RTA_TABLE = 1, 4, 15
+
+
+@dataclass(frozen=True)
+class RouteEntry:
+    """One route as the fast dump reports it."""
+
+    dst: ipaddress.IPv4Network | ipaddress.IPv6Network
+    oif: int | None
+    table: int
+    proto: int
+
+
+def parse_route_messages(data: bytes) -> tuple[list[RouteEntry], bool]:
+    """Routes in one netlink receive buffer, and whether the dump is done."""
+    routes: list[RouteEntry] = []
+    offset = 0
+    while offset + _NLMSG_HDR.size <= len(data):
+        length, kind, _flags, _seq, _pid = _NLMSG_HDR.unpack_from(data, offset)
+        if length < _NLMSG_HDR.size:
+            break
+        body = offset + _NLMSG_HDR.size
+        if kind == _NLMSG_DONE:
+            return routes, True
+        if kind == _NLMSG_ERROR:
+            code = -struct.unpack_from("=i", data, body)[0]
+            raise OSError(code, f"dumping routes: {os.strerror(code)}")
+        if kind == _RTM_NEWROUTE:
+            family, dst_len, _s, _t, table, proto, _sc, _ty, _f = _RTMSG.unpack_from(data, body)
+            dst: bytes | None = None
+            oif: int | None = None
+            pos = body + _RTMSG.size
+            end = offset + length
+            while pos + _RTATTR.size <= end:
+                alen, atype = _RTATTR.unpack_from(data, pos)
+                if alen < _RTATTR.size:
+                    break
+                value = data[pos + _RTATTR.size : pos + alen]
+                if atype == _RTA_DST:
+                    dst = value
+                elif atype == _RTA_OIF:
+                    oif = struct.unpack("=I", value)[0]
+                elif atype == _RTA_TABLE:
+                    table = struct.unpack("=I", value)[0]
+                pos += (alen + 3) & ~3
+            size = 4 if family == socket.AF_INET else 16
+            net = ipaddress.ip_network((dst or bytes(size), dst_len))
+            routes.append(RouteEntry(net, oif, table, proto))
+        offset += (length + 3) & ~3
+    return routes, False
+
+
+def open_route_socket(netns: str | None = None) -> socket.socket:
+    """A raw rtnetlink socket for `dump_routes`, in `netns` (None: ours). Keep it: opening one
+    in a namespace costs ~10 ms (a fork to enter it); flags=0 never creates the namespace."""
+    if netns is None:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    else:
+        sock = pyroute2_netns.create_socket(
+            netns=netns, family=socket.AF_NETLINK, socket_type=socket.SOCK_RAW,
+            proto=socket.NETLINK_ROUTE, flags=0,
+        )  # fmt: skip
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+    sock.setblocking(False)
+    sock.bind((0, 0))
+    return sock
+
+
+async def dump_routes(sock: socket.socket) -> list[RouteEntry]:
+    """All IPv4 and IPv6 routes, every table. One dump at a time per socket; after an error,
+    close the socket and open a new one (a half-read dump would confuse the next)."""
+    loop = asyncio.get_running_loop()
+    request = _RTMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0, 0, 0, 0, 0)
+    header = _NLMSG_HDR.pack(
+        _NLMSG_HDR.size + len(request), _RTM_GETROUTE, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0
+    )
+    sock.send(header + request)
+    routes: list[RouteEntry] = []
+    while True:
+        batch, done = parse_route_messages(await _recv(loop, sock))
+        routes += batch
+        if done:
+            return routes
+
+
+def _set_once(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def _recv(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    while True:
+        try:
+            return sock.recv(1 << 20)
+        except BlockingIOError:
+            pass
+        ready: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(sock.fileno(), _set_once, ready)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(sock.fileno())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
@@ -139,6 +140,12 @@ def encode_uapi_set(ops: Sequence[WgOp]) -> list[str]:
     return lines
 
 
+@functools.lru_cache(maxsize=65536)
+def _parse_prefix(text: str) -> Prefix:
+    # Every pass re-reads every peer's AllowedIPs; the same few thousand strings come back.
+    return ipaddress.ip_network(text, strict=False)
+
+
 _COUNTERS = ("last_handshake_time_sec", "last_handshake_time_nsec", "rx_bytes", "tx_bytes")
 
 
@@ -164,7 +171,7 @@ def decode_uapi_get(lines: Sequence[str]) -> DeviceStatus:
             elif key == "persistent_keepalive_interval":
                 p["persistent_keepalive"] = int(value)
             elif key == "allowed_ip":
-                p["allowed_ips"].append(ipaddress.ip_network(value, strict=False))
+                p["allowed_ips"].append(_parse_prefix(value))
             elif key in _COUNTERS:
                 p[key] = int(value)
     statuses: dict[bytes, PeerStatus] = {}
