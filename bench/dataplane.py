@@ -97,8 +97,8 @@ async def run(peer_count: int, repeat: int) -> dict[str, Any]:
             async def repair(breaker: Callable[[], Awaitable[Any]]) -> float:
                 samples = []
                 for _ in range(repeat):
+                    rec.converged.clear()  # before breaking: a fast repair must not be missed
                     await breaker()
-                    rec.converged.clear()
                     samples.append(await wait_for(converged_with_route, 30, "repair", 0.002))
                 return statistics.median(samples)
 

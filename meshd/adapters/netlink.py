@@ -86,8 +86,18 @@ class NetState:
     mesh_routes: frozenset[Prefix]
 
 
-def diff_states(old: NetState, new: NetState, mesh_ifname: str) -> list[NetlinkEvent]:
-    """The real changes between two snapshots, in a stable order."""
+def diff_states(
+    old: NetState,
+    new: NetState,
+    mesh_ifname: str,
+    routes_deleted: frozenset[Prefix] = frozenset(),
+    mesh_deleted: bool = False,
+) -> list[NetlinkEvent]:
+    """The real changes between two snapshots, in a stable order.
+
+    `routes_deleted` / `mesh_deleted` come from deletion messages seen in between: a route
+    re-added and deleted again within one debounce window is in neither snapshot's difference,
+    yet it is gone and needs repair."""
     events: list[NetlinkEvent] = []
     old_links, new_links = dict(old.links), dict(new.links)
     for name in sorted(old_links.keys() | new_links.keys()):
@@ -96,10 +106,10 @@ def diff_states(old: NetState, new: NetState, mesh_ifname: str) -> list[NetlinkE
             events.append(UnderlayLinkChanged(name, after))
     if old.underlay != new.underlay:
         events.append(UnderlayAddressesChanged(old.underlay, new.underlay))
-    if old.mesh_present and not new.mesh_present:
+    if (old.mesh_present or mesh_deleted) and not new.mesh_present:
         events.append(MeshInterfaceGone(mesh_ifname))
     elif new.mesh_present:
-        gone = old.mesh_routes - new.mesh_routes
+        gone = (old.mesh_routes | routes_deleted) - new.mesh_routes
         if gone:
             key = lambda p: (p.version, int(p.network_address), p.prefixlen)  # noqa: E731
             events.append(MeshRoutesGone(tuple(sorted(gone, key=key))))
@@ -130,6 +140,8 @@ class NetlinkMonitor:
         """How often the event socket was reopened (ENOBUFS and other read errors)."""
         self._dirty = asyncio.Event()
         self._route_sock: socket.socket | None = None
+        self._routes_deleted: set[Prefix] = set()
+        self._mesh_deleted = False
         self.ready = asyncio.Event()
         """Set once the first snapshot is taken: changes after that are reported."""
 
@@ -173,8 +185,22 @@ class NetlinkMonitor:
 
     async def _listen(self, sock: IPRoute) -> None:
         while True:
-            async for _msg in sock.get():
+            async for msg in sock.get():
+                event = msg.get("event")
+                if event == "RTM_DELROUTE" and msg["proto"] == self.route_proto:
+                    dst = msg.get_attr("RTA_DST")
+                    self._routes_deleted.add(ipaddress.ip_network(f"{dst}/{msg['dst_len']}"))
+                elif event == "RTM_DELLINK" and msg.get_attr("IFLA_IFNAME") == self.mesh_ifname:
+                    self._mesh_deleted = True
                 self._dirty.set()
+
+    def _diff(self, old: NetState, new: NetState) -> list[NetlinkEvent]:
+        events = diff_states(
+            old, new, self.mesh_ifname, frozenset(self._routes_deleted), self._mesh_deleted
+        )
+        self._routes_deleted.clear()
+        self._mesh_deleted = False
+        return events
 
     async def events(self) -> AsyncIterator[NetlinkEvent]:
         """Changes as they settle; runs until the consumer stops or the task is cancelled."""
@@ -188,7 +214,7 @@ class NetlinkMonitor:
                 # (Re)start from a fresh dump: events lost while no socket listened.
                 new = await self._snapshot(dump)
                 if self.state is not None:
-                    for event in diff_states(self.state, new, self.mesh_ifname):
+                    for event in self._diff(self.state, new):
                         yield event
                 self.state = new
                 self.ready.set()
@@ -204,7 +230,7 @@ class NetlinkMonitor:
                     await asyncio.sleep(self.debounce)
                     self._dirty.clear()
                     new = await self._snapshot(dump)
-                    for event in diff_states(self.state, new, self.mesh_ifname):
+                    for event in self._diff(self.state, new):
                         log.debug("netlink: %s", event)
                         yield event
                     self.state = new
