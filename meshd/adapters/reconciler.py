@@ -19,13 +19,21 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import os
 import socket
 from collections.abc import Sequence
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from meshd.adapters.rtnl import IPRoute, collect, dump_routes, open_iproute, open_route_socket
+from meshd.adapters.rtnl import (
+    IPRoute,
+    change_routes,
+    collect,
+    dump_routes,
+    open_iproute,
+    open_route_socket,
+)
 from meshd.adapters.wireguard import (
     DeviceStatus,
     PeerStatus,
@@ -260,10 +268,32 @@ class Reconciler:
         index = link["index"]
         ipr = self._socket()
         for op in link_ops:
+            if isinstance(op, AddRoute | RemoveRoute):
+                continue
             try:
                 await self._link_op(ipr, index, op)
             except NetlinkError as exc:
                 raise ReconcileError(f"{describe_op(op)} on {ifname}: {exc}") from None
+        route_ops = [op for op in link_ops if isinstance(op, AddRoute | RemoveRoute)]
+        if route_ops:
+            await self._route_ops(ifname, index, route_ops)
+
+    async def _route_ops(self, ifname: str, index: int, ops: list[AddRoute | RemoveRoute]) -> None:
+        if self._route_sock is None:
+            self._route_sock = open_route_socket(self.netns)
+        changes = [(isinstance(op, AddRoute), op.prefix) for op in ops]
+        codes = await change_routes(self._route_sock, changes, index, self.route_proto)
+        for op, code in zip(ops, codes, strict=True):
+            if code == errno.EEXIST and isinstance(op, AddRoute):
+                # "add", not "replace": replace would take over someone else's route with the
+                # same destination and metric. Theirs stays; we log and keep planning it.
+                log.debug("route %s on %s exists and is not ours; left alone", op.prefix, ifname)
+            elif code == errno.ESRCH and isinstance(op, RemoveRoute):
+                pass  # already gone
+            elif code != 0:
+                raise ReconcileError(
+                    f"{describe_op(op)} on {ifname}: [Errno {code}] {os.strerror(code)}"
+                )
 
     async def _link_op(self, ipr: IPRoute, index: int, op: Op) -> None:
         if isinstance(op, SetMtu):
@@ -283,27 +313,6 @@ class Reconciler:
                 )  # fmt: skip
             except NetlinkError as exc:
                 if exc.code != errno.EADDRNOTAVAIL:
-                    raise
-        elif isinstance(op, AddRoute):
-            try:
-                # "add", not "replace": replace would take over someone else's route with the
-                # same destination and metric.
-                await ipr.route(
-                    "add", dst=op.prefix.with_prefixlen, oif=index, proto=self.route_proto,
-                    family=socket.AF_INET6 if op.prefix.version == 6 else socket.AF_INET,
-                )  # fmt: skip
-            except NetlinkError as exc:
-                if exc.code != errno.EEXIST:
-                    raise
-                log.debug("route %s exists and is not ours; left alone", op.prefix)
-        elif isinstance(op, RemoveRoute):
-            try:
-                await ipr.route(
-                    "del", dst=op.prefix.with_prefixlen, oif=index, proto=self.route_proto,
-                    family=socket.AF_INET6 if op.prefix.version == 6 else socket.AF_INET,
-                )  # fmt: skip
-            except NetlinkError as exc:
-                if exc.code != errno.ESRCH:
                     raise
 
 

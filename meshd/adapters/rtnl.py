@@ -262,3 +262,73 @@ async def _recv(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
             await ready
         finally:
             loop.remove_reader(sock.fileno())
+
+
+# --- bulk route changes ------------------------------------------------------------------------
+#
+# Same reason as the dump: one pyroute2 request/ack round trip costs ~0.4 ms of Python, so the
+# 2,000 routes of a 1,000-peer mesh took ~0.9 s. Here requests go out in chunks and the acks are
+# matched by sequence number afterwards.
+
+_RTM_DELROUTE = 25
+_NLM_F_ACK, _NLM_F_EXCL, _NLM_F_CREATE = 0x4, 0x200, 0x400
+_RT_SCOPE_UNIVERSE, _RT_SCOPE_LINK, _RT_SCOPE_NOWHERE = 0, 253, 255
+_RTN_UNICAST = 1
+_RT_TABLE_MAIN = 254
+_CHUNK = 256  # acks of one chunk fit easily in the receive buffer
+
+
+def _attr(kind: int, value: bytes) -> bytes:
+    raw = _RTATTR.pack(_RTATTR.size + len(value), kind) + value
+    return raw + bytes(-len(raw) % 4)
+
+
+def _route_request(
+    seq: int, add: bool, dst: ipaddress.IPv4Network | ipaddress.IPv6Network, oif: int, proto: int
+) -> bytes:
+    family = socket.AF_INET if dst.version == 4 else socket.AF_INET6
+    if add:
+        # A device route: link scope for IPv4 as `ip route add P dev D` does; IPv6 has no scope.
+        scope = _RT_SCOPE_LINK if dst.version == 4 else _RT_SCOPE_UNIVERSE
+        kind, flags, rtype = _RTM_NEWROUTE, _NLM_F_CREATE | _NLM_F_EXCL, _RTN_UNICAST
+    else:
+        scope, kind, flags, rtype = _RT_SCOPE_NOWHERE, _RTM_DELROUTE, 0, 0
+    body = _RTMSG.pack(family, dst.prefixlen, 0, 0, _RT_TABLE_MAIN, proto, scope, rtype, 0)
+    body += _attr(_RTA_DST, dst.network_address.packed) + _attr(_RTA_OIF, struct.pack("=I", oif))
+    flags |= _NLM_F_REQUEST | _NLM_F_ACK
+    return _NLMSG_HDR.pack(_NLMSG_HDR.size + len(body), kind, flags, seq, 0) + body
+
+
+async def change_routes(
+    sock: socket.socket,
+    changes: list[tuple[bool, ipaddress.IPv4Network | ipaddress.IPv6Network]],
+    oif: int,
+    proto: int,
+) -> list[int]:
+    """Add (True) or delete (False) device routes via `oif` in the main table with protocol
+    `proto`; returns one errno per change (0 = done). Deleting matches `proto`, so a route of
+    another protocol is never removed."""
+    loop = asyncio.get_running_loop()
+    results = [0] * len(changes)
+    for start in range(0, len(changes), _CHUNK):
+        chunk = changes[start : start + _CHUNK]
+        # Sequence numbers 2.. (1 is the dump's); index = seq - 2.
+        sock.send(
+            b"".join(
+                _route_request(start + i + 2, add, dst, oif, proto)
+                for i, (add, dst) in enumerate(chunk)
+            )
+        )
+        pending = len(chunk)
+        while pending:
+            data = await _recv(loop, sock)
+            offset = 0
+            while offset + _NLMSG_HDR.size <= len(data):
+                length, kind, _f, seq, _pid = _NLMSG_HDR.unpack_from(data, offset)
+                if length < _NLMSG_HDR.size:
+                    break
+                if kind == _NLMSG_ERROR and 2 <= seq < len(changes) + 2:
+                    results[seq - 2] = -struct.unpack_from("=i", data, offset + 16)[0]
+                    pending -= 1
+                offset += (length + 3) & ~3
+    return results
