@@ -317,7 +317,9 @@ class UserspaceBackend:
 
     async def create(self, ifname: str) -> None:
         async with self._create_lock:
-            if self.pid(ifname) is not None and await self._answers(ifname):
+            if await self._answers(ifname):
+                # Ours, or one left by a previous meshd run: adopt it (configured, but only
+                # supervised through the reconciler's reads) rather than fight over the tun.
                 return
             await self._stop(ifname)
             self.socket_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
