@@ -230,7 +230,8 @@ class UapiClient:
         if not lines or not lines[-1].startswith("errno="):
             self.close()
             raise WireGuardError(f"malformed UAPI answer from {self.path}")
-        err = int(lines[-1].removeprefix("errno="))
+        # wireguard-go answers errno=-98 where the kernel-style value is 98: normalise.
+        err = abs(int(lines[-1].removeprefix("errno=")))
         if err != 0:
             self.close()
             raise WireGuardError(f"UAPI errno={err} ({os.strerror(err)})")

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
+
 import pytest
 
 from meshd.adapters.wireguard import (
     BackendUnavailable,
     KernelBackend,
     UserspaceBackend,
+    WireGuardError,
     select_backend,
 )
 from meshd.core.identity import WireGuardKey
-from meshd.core.wgplan import WgDevice, plan_device
+from meshd.core.wgplan import WgDevice, WgPeer, plan_device
 from meshd.lab import Lab
 
 pytestmark = pytest.mark.netns
@@ -65,3 +69,41 @@ async def test_userspace_backend_reads_none_until_created_and_after_destroy(lab3
     await backend.destroy("mesh0")
     assert await backend.read("mesh0") is None
     assert not (lab3[1].wg_dir / "mesh0.sock").exists()
+
+
+async def test_userspace_backend_round_trips_1200_peers(lab3: Lab) -> None:
+    # A `get` of 1,200 peers is ~500 KiB: far beyond asyncio's default 64 KiB stream limit.
+    backend = lab3[0].userspace_backend()
+    await backend.create("mesh0")
+    peers = tuple(
+        WgPeer(
+            os.urandom(32),
+            (f"2001:db8::{i + 1:x}", 1024 + i) if i % 2 else (f"192.0.2.{i % 250 + 1}", 51820),
+            (ipaddress.ip_network(f"fd78::{i + 1:x}/128"),),
+            os.urandom(32) if i % 3 else None,
+            25 if i % 5 else 0,
+        )
+        for i in range(1200)
+    )
+    want = WgDevice(os.urandom(32), 51820, peers)
+    await backend.apply("mesh0", plan_device(want, None))
+    status = await backend.read("mesh0")
+    assert status is not None and status.device == want
+    assert plan_device(want, status.device) == []
+
+
+async def test_apply_error_names_verb_and_interface_but_no_key(lab3: Lab) -> None:
+    backend = lab3[0].userspace_backend()
+    await backend.create("mesh0")
+    await backend.create("mesh1")
+    key = os.urandom(32)
+    await backend.apply("mesh0", plan_device(WgDevice(os.urandom(32), 51820), None))
+    with pytest.raises(WireGuardError) as err:
+        await backend.apply("mesh1", plan_device(WgDevice(key, 51820), None))
+    assert str(err.value) == (
+        "setting private key and listen port on mesh1: UAPI errno=98 (Address already in use)"
+    )
+    assert key.hex() not in str(err.value)
+    # After the error the client reconnects: the next request works.
+    status = await backend.read("mesh1")
+    assert status is not None
