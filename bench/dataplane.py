@@ -63,6 +63,11 @@ async def _has_route(host: LabHost, prefix: str) -> bool:
 
 
 async def run(peer_count: int, repeat: int) -> dict[str, Any]:
+    # SIGTERM/SIGINT cancel the run, so the lab's cleanup still removes namespaces and processes.
+    current = asyncio.current_task()
+    assert current is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, current.cancel)
     figures: dict[str, Any] = {"peers": peer_count, "repeat": repeat}
     async with Lab(f"b{os.getpid() % 100000:05d}", hosts=1) as lab:
         host = lab[0]

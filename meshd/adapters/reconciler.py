@@ -162,8 +162,13 @@ class Reconciler:
                 continue
             try:
                 ops = await self.apply()
-            except (MeshError, NetlinkError, OSError) as exc:
-                log.warning("reconciling %s: %s (retry in %.2f s)", self.desired.name, exc, backoff)
+            except Exception as exc:
+                # Whatever failed (backend, netlink, a bug), the loop must survive: a dead
+                # reconciler would silently stop all repairs.
+                log.warning(
+                    "reconciling %s: %s: %s (retry in %.2f s)",
+                    self.desired.name, type(exc).__name__, exc, backoff,
+                )  # fmt: skip
                 self._drop_socket()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

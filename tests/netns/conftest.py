@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import itertools
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from meshd.core.wgplan import MeshInterface, WgDevice, WgPeer
 from meshd.lab import Lab, LabHost
 
 PORT = 51820
+_lab_counter = itertools.count()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -57,9 +59,9 @@ def full_mesh(nodes: list[Node], me: Node, family: int = 6) -> MeshInterface:
 
 
 @pytest.fixture
-async def lab3(run_prefix: str, request: pytest.FixtureRequest) -> AsyncIterator[Lab]:
-    # One lab per test, named after the test so leftovers are attributable.
-    tag = f"{abs(hash(request.node.name)) % 100:02d}"
+async def lab3(run_prefix: str) -> AsyncIterator[Lab]:
+    # One lab per test; a per-run counter keeps names distinct even if a cleanup failed.
+    tag = f"{next(_lab_counter) % 100:02d}"
     async with Lab(f"{run_prefix[:6]}{tag}", hosts=3) as lab:
         yield lab
 
