@@ -129,9 +129,11 @@ class LabHost:
 
     async def wait_ping(self, address: str, within: float = 10.0) -> float:
         """Ping until answered; returns the seconds it took."""
-        return await wait_for(
+        took = await wait_for(
             lambda: self.ping(address), within, f"{self.netns} to reach {address}", 0.0
         )
+        log.debug("%s reached %s after %.3f s", self.netns, address, took)
+        return took
 
     async def set_underlay(
         self,
