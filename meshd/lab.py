@@ -220,9 +220,13 @@ class Lab:
         await _exec("ip", "-n", name, "link", "set", "dev", "lo", "up")
         # No duplicate address detection: lab addresses are unique by construction, and DAD
         # holds link-local addresses tentative for ~1 s, which every test would wait for.
+        # promote_secondaries: deleting the old primary IPv4 address while moving a host must
+        # not delete the new one too (the kernel's default does).
         await _exec(
             "ip", "netns", "exec", name, "sysctl", "-q", "-w",
             "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv4.conf.default.promote_secondaries=1",
+            "net.ipv4.conf.all.promote_secondaries=1",
         )  # fmt: skip
 
     async def _build(self) -> None:

@@ -64,6 +64,8 @@ class Watched:
 class EndpointResolver:
     """Keeps the addresses of named endpoints current."""
 
+    RETRY_FIRST = 1.0
+
     def __init__(
         self,
         on_change: ChangeFn,
@@ -139,9 +141,17 @@ class EndpointResolver:
                 await self.refresh(name, port)
 
     async def run(self) -> None:
-        """Resolve on every trigger and every `period` seconds until cancelled."""
+        """Resolve on every trigger and every `period` seconds until cancelled. After a failed
+        lookup, retry sooner (1 s, doubling up to `period`): a lookup made while our own
+        address was changing fails, and the next period may be minutes away."""
+        retry = self.RETRY_FIRST
         while True:
             await self.refresh_all()
+            wait = self.period
+            if self.errors:
+                wait, retry = min(retry, self.period), min(retry * 2, self.period)
+            else:
+                retry = self.RETRY_FIRST
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.period)
+                await asyncio.wait_for(self._wake.wait(), wait)
             self._wake.clear()
