@@ -129,9 +129,11 @@ class LabHost:
 
     async def wait_ping(self, address: str, within: float = 10.0) -> float:
         """Ping until answered; returns the seconds it took."""
-        return await wait_for(
+        took = await wait_for(
             lambda: self.ping(address), within, f"{self.netns} to reach {address}", 0.0
         )
+        log.debug("%s reached %s after %.3f s", self.netns, address, took)
+        return took
 
     async def set_underlay(
         self,
@@ -139,14 +141,22 @@ class LabHost:
         v4: ipaddress.IPv4Interface | None = None,
     ) -> None:
         """Move this host to new underlay addresses (as after a DHCP/RA change)."""
+        # One `ip -batch` process: the change lands as one burst of netlink messages.
+        batch = ""
         if v6 is not None:
-            await self.run("ip", "addr", "add", str(v6), "dev", "eth0", "nodad")
-            await self.run("ip", "addr", "del", str(self.underlay_v6), "dev", "eth0")
-            self.underlay_v6 = v6
+            batch += f"addr add {v6} dev eth0 nodad\naddr del {self.underlay_v6} dev eth0\n"
         if v4 is not None:
-            await self.run("ip", "addr", "add", str(v4), "dev", "eth0")
-            await self.run("ip", "addr", "del", str(self.underlay_v4), "dev", "eth0")
-            self.underlay_v4 = v4
+            batch += f"addr add {v4} dev eth0\naddr del {self.underlay_v4} dev eth0\n"
+        path = LAB_ROOT / self.netns / "batch"
+        path.write_text(batch)
+        await _exec("ip", "-n", self.netns, "-batch", str(path))
+        self.underlay_v6 = v6 or self.underlay_v6
+        self.underlay_v4 = v4 or self.underlay_v4
+
+    async def wg(self, *args: str) -> Result:
+        """Run `wg` against this host's wireguard-go (its private socket directory)."""
+        script = 'mount --bind "$0" /var/run/wireguard && exec wg "$@"'
+        return await self.run("sh", "-c", script, str(self.wg_dir), *args)
 
     def write_etc(self, name: str, text: str) -> Path:
         """Write /etc/netns/NS/NAME, which `ip netns exec` bind-mounts over /etc/NAME (hosts,
@@ -211,9 +221,13 @@ class Lab:
         await _exec("ip", "-n", name, "link", "set", "dev", "lo", "up")
         # No duplicate address detection: lab addresses are unique by construction, and DAD
         # holds link-local addresses tentative for ~1 s, which every test would wait for.
+        # promote_secondaries: deleting the old primary IPv4 address while moving a host must
+        # not delete the new one too (the kernel's default does).
         await _exec(
             "ip", "netns", "exec", name, "sysctl", "-q", "-w",
             "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv4.conf.default.promote_secondaries=1",
+            "net.ipv4.conf.all.promote_secondaries=1",
         )  # fmt: skip
 
     def _raise_neighbour_limits(self) -> None:

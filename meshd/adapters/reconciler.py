@@ -19,13 +19,21 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import os
 import socket
 from collections.abc import Sequence
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from meshd.adapters.rtnl import IPRoute, collect, open_iproute
+from meshd.adapters.rtnl import (
+    IPRoute,
+    change_routes,
+    collect,
+    dump_routes,
+    open_iproute,
+    open_route_socket,
+)
 from meshd.adapters.wireguard import (
     DeviceStatus,
     PeerStatus,
@@ -89,9 +97,11 @@ class Reconciler:
         self.passes = 0
         self.last_ops: list[Op] = []
         self.converged = asyncio.Event()
-        """Set after a pass that found nothing to do; cleared by `trigger()`."""
+        """Set after a pass that succeeded with no newer trigger pending; cleared by
+        `trigger()`."""
         self._wake = asyncio.Event()
         self._ipr: IPRoute | None = None
+        self._route_sock: socket.socket | None = None
         self._lock = asyncio.Lock()
 
     # --- public API --------------------------------------------------------------------------
@@ -152,8 +162,13 @@ class Reconciler:
                 continue
             try:
                 ops = await self.apply()
-            except (MeshError, NetlinkError, OSError) as exc:
-                log.warning("reconciling %s: %s (retry in %.2f s)", self.desired.name, exc, backoff)
+            except Exception as exc:
+                # Whatever failed (backend, netlink, a bug), the loop must survive: a dead
+                # reconciler would silently stop all repairs.
+                log.warning(
+                    "reconciling %s: %s: %s (retry in %.2f s)",
+                    self.desired.name, type(exc).__name__, exc, backoff,
+                )  # fmt: skip
                 self._drop_socket()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -162,8 +177,9 @@ class Reconciler:
             backoff = 0.05
             if ops:
                 log.info("reconciled %s: %s", self.desired.name, describe_ops(ops))
-                self._wake.set()  # verify with one more pass
-            else:
+            # No verification pass: every operation reported success, and later drift comes
+            # back through the monitor, on_exit or the periodic pass.
+            if not self._wake.is_set():
                 self.converged.set()
 
     async def close(self) -> None:
@@ -177,6 +193,9 @@ class Reconciler:
         return self._ipr
 
     def _drop_socket(self) -> None:
+        if self._route_sock is not None:
+            self._route_sock.close()
+            self._route_sock = None
         if self._ipr is not None:
             with contextlib.suppress(Exception):
                 self._ipr.close()
@@ -197,11 +216,14 @@ class Reconciler:
         try:
             status = await self.backend.read(ifname)
             link = await self._link(ifname)
+            if link is None or status is None:
+                return None, status
+            return await self._read_link_state(ifname, link, status), status
         except (NetlinkError, OSError) as exc:
             self._drop_socket()
             raise ReconcileError(f"reading {ifname}: {exc}") from None
-        if link is None or status is None:
-            return None, status
+
+    async def _read_link_state(self, ifname: str, link: Any, status: DeviceStatus) -> MeshInterface:
         index = link["index"]
         ipr = self._socket()
         addresses: list[Address] = []
@@ -210,16 +232,14 @@ class Reconciler:
             iface = ipaddress.ip_interface(f"{ip}/{msg['prefixlen']}")
             if not (iface.version == 6 and iface.ip.is_link_local):
                 addresses.append(iface)
-        routes: list[Prefix] = []
-        for msg in await collect(await ipr.route("dump")):
-            if (
-                msg["proto"] == self.route_proto
-                and _attr(msg, "RTA_OIF") == index
-                and _attr(msg, "RTA_TABLE") in (RT_TABLE_MAIN, None)
-            ):
-                dst = _attr(msg, "RTA_DST")
-                routes.append(ipaddress.ip_network(f"{dst}/{msg['dst_len']}"))
-        actual = MeshInterface(
+        if self._route_sock is None:
+            self._route_sock = open_route_socket(self.netns)
+        routes: list[Prefix] = [
+            r.dst
+            for r in await dump_routes(self._route_sock)
+            if r.proto == self.route_proto and r.oif == index and r.table == RT_TABLE_MAIN
+        ]
+        return MeshInterface(
             ifname,
             status.device,
             tuple(addresses),
@@ -227,7 +247,6 @@ class Reconciler:
             bool(link["flags"] & IFF_UP),
             tuple(routes),
         )
-        return actual, status
 
     # --- executing ---------------------------------------------------------------------------
 
@@ -254,10 +273,32 @@ class Reconciler:
         index = link["index"]
         ipr = self._socket()
         for op in link_ops:
+            if isinstance(op, AddRoute | RemoveRoute):
+                continue
             try:
                 await self._link_op(ipr, index, op)
             except NetlinkError as exc:
                 raise ReconcileError(f"{describe_op(op)} on {ifname}: {exc}") from None
+        route_ops = [op for op in link_ops if isinstance(op, AddRoute | RemoveRoute)]
+        if route_ops:
+            await self._route_ops(ifname, index, route_ops)
+
+    async def _route_ops(self, ifname: str, index: int, ops: list[AddRoute | RemoveRoute]) -> None:
+        if self._route_sock is None:
+            self._route_sock = open_route_socket(self.netns)
+        changes = [(isinstance(op, AddRoute), op.prefix) for op in ops]
+        codes = await change_routes(self._route_sock, changes, index, self.route_proto)
+        for op, code in zip(ops, codes, strict=True):
+            if code == errno.EEXIST and isinstance(op, AddRoute):
+                # "add", not "replace": replace would take over someone else's route with the
+                # same destination and metric. Theirs stays; we log and keep planning it.
+                log.debug("route %s on %s exists and is not ours; left alone", op.prefix, ifname)
+            elif code == errno.ESRCH and isinstance(op, RemoveRoute):
+                pass  # already gone
+            elif code != 0:
+                raise ReconcileError(
+                    f"{describe_op(op)} on {ifname}: [Errno {code}] {os.strerror(code)}"
+                )
 
     async def _link_op(self, ipr: IPRoute, index: int, op: Op) -> None:
         if isinstance(op, SetMtu):
@@ -277,27 +318,6 @@ class Reconciler:
                 )  # fmt: skip
             except NetlinkError as exc:
                 if exc.code != errno.EADDRNOTAVAIL:
-                    raise
-        elif isinstance(op, AddRoute):
-            try:
-                # "add", not "replace": replace would take over someone else's route with the
-                # same destination and metric.
-                await ipr.route(
-                    "add", dst=op.prefix.with_prefixlen, oif=index, proto=self.route_proto,
-                    family=socket.AF_INET6 if op.prefix.version == 6 else socket.AF_INET,
-                )  # fmt: skip
-            except NetlinkError as exc:
-                if exc.code != errno.EEXIST:
-                    raise
-                log.debug("route %s exists and is not ours; left alone", op.prefix)
-        elif isinstance(op, RemoveRoute):
-            try:
-                await ipr.route(
-                    "del", dst=op.prefix.with_prefixlen, oif=index, proto=self.route_proto,
-                    family=socket.AF_INET6 if op.prefix.version == 6 else socket.AF_INET,
-                )  # fmt: skip
-            except NetlinkError as exc:
-                if exc.code != errno.ESRCH:
                     raise
 
 

@@ -15,10 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
+import os
 import socket
+import struct
+from dataclasses import dataclass
 from typing import Any
 
 from pyroute2 import AsyncIPRoute
+from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink.core import CoreDatagramProtocol
 from pyroute2.netlink.generic.wireguard import WG_GENL_NAME, AsyncWireGuard, wgmsg
 from pyroute2.netlink.rtnl import (
@@ -128,15 +133,202 @@ async def collect(result: Any) -> list[Any]:
     return list(result)
 
 
-def open_iproute(netns: str | None = None, groups: int = 0) -> IPRoute:
+def open_iproute(netns: str | None = None, groups: int = 0, rcvbuf: int = RCVBUF) -> IPRoute:
     """An rtnetlink socket in `netns` (None: ours). `flags=0` because pyroute2's default flag
     silently *creates* a missing namespace; here a missing one is an error."""
     if netns is None:
-        return IPRoute(rcvbuf=RCVBUF, groups=groups)
-    return IPRoute(netns=netns, flags=0, rcvbuf=RCVBUF, groups=groups)
+        return IPRoute(rcvbuf=rcvbuf, groups=groups)
+    return IPRoute(netns=netns, flags=0, rcvbuf=rcvbuf, groups=groups)
 
 
 def open_wireguard_genl(netns: str | None = None) -> WireGuardGenl:
     if netns is None:
         return WireGuardGenl()
     return WireGuardGenl(netns=netns, flags=0)
+
+
+# --- fast route dump ---------------------------------------------------------------------------
+#
+# pyroute2 decodes every attribute of every message in Python: ~150 µs per route, so a dump of
+# the 2,000 routes of a 1,000-peer mesh took 0.2-0.4 s and dominated every reconcile pass and
+# monitor snapshot. Routes are read with this minimal parser instead (three attributes; ~5 µs per
+# route). Writes still go through pyroute2.
+
+_NLMSG_HDR = struct.Struct("=IHHII")
+_RTMSG = struct.Struct("=BBBBBBBBI")
+_RTATTR = struct.Struct("=HH")
+_RTM_NEWROUTE, _RTM_GETROUTE = 24, 26
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
+_NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
+_RTA_DST, _RTA_OIF, _RTA_TABLE = 1, 4, 15
+
+
+@dataclass(frozen=True)
+class RouteEntry:
+    """One route as the fast dump reports it."""
+
+    dst: ipaddress.IPv4Network | ipaddress.IPv6Network
+    oif: int | None
+    table: int
+    proto: int
+
+
+def parse_route_messages(data: bytes) -> tuple[list[RouteEntry], bool]:
+    """Routes in one netlink receive buffer, and whether the dump is done."""
+    routes: list[RouteEntry] = []
+    offset = 0
+    while offset + _NLMSG_HDR.size <= len(data):
+        length, kind, _flags, _seq, _pid = _NLMSG_HDR.unpack_from(data, offset)
+        if length < _NLMSG_HDR.size:
+            break
+        body = offset + _NLMSG_HDR.size
+        if kind == _NLMSG_DONE:
+            return routes, True
+        if kind == _NLMSG_ERROR:
+            code = -struct.unpack_from("=i", data, body)[0]
+            raise OSError(code, f"dumping routes: {os.strerror(code)}")
+        if kind == _RTM_NEWROUTE:
+            family, dst_len, _s, _t, table, proto, _sc, _ty, _f = _RTMSG.unpack_from(data, body)
+            dst: bytes | None = None
+            oif: int | None = None
+            pos = body + _RTMSG.size
+            end = offset + length
+            while pos + _RTATTR.size <= end:
+                alen, atype = _RTATTR.unpack_from(data, pos)
+                if alen < _RTATTR.size:
+                    break
+                value = data[pos + _RTATTR.size : pos + alen]
+                if atype == _RTA_DST:
+                    dst = value
+                elif atype == _RTA_OIF:
+                    oif = struct.unpack("=I", value)[0]
+                elif atype == _RTA_TABLE:
+                    table = struct.unpack("=I", value)[0]
+                pos += (alen + 3) & ~3
+            size = 4 if family == socket.AF_INET else 16
+            net = ipaddress.ip_network((dst or bytes(size), dst_len))
+            routes.append(RouteEntry(net, oif, table, proto))
+        offset += (length + 3) & ~3
+    return routes, False
+
+
+def open_route_socket(netns: str | None = None) -> socket.socket:
+    """A raw rtnetlink socket for `dump_routes`, in `netns` (None: ours). Keep it: opening one
+    in a namespace costs ~10 ms (a fork to enter it); flags=0 never creates the namespace."""
+    if netns is None:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    else:
+        sock = pyroute2_netns.create_socket(
+            netns=netns, family=socket.AF_NETLINK, socket_type=socket.SOCK_RAW,
+            proto=socket.NETLINK_ROUTE, flags=0,
+        )  # fmt: skip
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+    sock.setblocking(False)
+    sock.bind((0, 0))
+    return sock
+
+
+async def dump_routes(sock: socket.socket) -> list[RouteEntry]:
+    """All IPv4 and IPv6 routes, every table. One dump at a time per socket; after an error,
+    close the socket and open a new one (a half-read dump would confuse the next)."""
+    loop = asyncio.get_running_loop()
+    request = _RTMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0, 0, 0, 0, 0)
+    header = _NLMSG_HDR.pack(
+        _NLMSG_HDR.size + len(request), _RTM_GETROUTE, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0
+    )
+    sock.send(header + request)
+    routes: list[RouteEntry] = []
+    while True:
+        batch, done = parse_route_messages(await _recv(loop, sock))
+        routes += batch
+        if done:
+            return routes
+
+
+def _set_once(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def _recv(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    while True:
+        try:
+            return sock.recv(1 << 20)
+        except BlockingIOError:
+            pass
+        ready: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(sock.fileno(), _set_once, ready)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(sock.fileno())
+
+
+# --- bulk route changes ------------------------------------------------------------------------
+#
+# Same reason as the dump: one pyroute2 request/ack round trip costs ~0.4 ms of Python, so the
+# 2,000 routes of a 1,000-peer mesh took ~0.9 s. Here requests go out in chunks and the acks are
+# matched by sequence number afterwards.
+
+_RTM_DELROUTE = 25
+_NLM_F_ACK, _NLM_F_EXCL, _NLM_F_CREATE = 0x4, 0x200, 0x400
+_RT_SCOPE_UNIVERSE, _RT_SCOPE_LINK, _RT_SCOPE_NOWHERE = 0, 253, 255
+_RTN_UNICAST = 1
+_RT_TABLE_MAIN = 254
+_CHUNK = 256  # acks of one chunk fit easily in the receive buffer
+
+
+def _attr(kind: int, value: bytes) -> bytes:
+    raw = _RTATTR.pack(_RTATTR.size + len(value), kind) + value
+    return raw + bytes(-len(raw) % 4)
+
+
+def _route_request(
+    seq: int, add: bool, dst: ipaddress.IPv4Network | ipaddress.IPv6Network, oif: int, proto: int
+) -> bytes:
+    family = socket.AF_INET if dst.version == 4 else socket.AF_INET6
+    if add:
+        # A device route: link scope for IPv4 as `ip route add P dev D` does; IPv6 has no scope.
+        scope = _RT_SCOPE_LINK if dst.version == 4 else _RT_SCOPE_UNIVERSE
+        kind, flags, rtype = _RTM_NEWROUTE, _NLM_F_CREATE | _NLM_F_EXCL, _RTN_UNICAST
+    else:
+        scope, kind, flags, rtype = _RT_SCOPE_NOWHERE, _RTM_DELROUTE, 0, 0
+    body = _RTMSG.pack(family, dst.prefixlen, 0, 0, _RT_TABLE_MAIN, proto, scope, rtype, 0)
+    body += _attr(_RTA_DST, dst.network_address.packed) + _attr(_RTA_OIF, struct.pack("=I", oif))
+    flags |= _NLM_F_REQUEST | _NLM_F_ACK
+    return _NLMSG_HDR.pack(_NLMSG_HDR.size + len(body), kind, flags, seq, 0) + body
+
+
+async def change_routes(
+    sock: socket.socket,
+    changes: list[tuple[bool, ipaddress.IPv4Network | ipaddress.IPv6Network]],
+    oif: int,
+    proto: int,
+) -> list[int]:
+    """Add (True) or delete (False) device routes via `oif` in the main table with protocol
+    `proto`; returns one errno per change (0 = done). Deleting matches `proto`, so a route of
+    another protocol is never removed."""
+    loop = asyncio.get_running_loop()
+    results = [0] * len(changes)
+    for start in range(0, len(changes), _CHUNK):
+        chunk = changes[start : start + _CHUNK]
+        # Sequence numbers 2.. (1 is the dump's); index = seq - 2.
+        sock.send(
+            b"".join(
+                _route_request(start + i + 2, add, dst, oif, proto)
+                for i, (add, dst) in enumerate(chunk)
+            )
+        )
+        pending = len(chunk)
+        while pending:
+            data = await _recv(loop, sock)
+            offset = 0
+            while offset + _NLMSG_HDR.size <= len(data):
+                length, kind, _f, seq, _pid = _NLMSG_HDR.unpack_from(data, offset)
+                if length < _NLMSG_HDR.size:
+                    break
+                if kind == _NLMSG_ERROR and 2 <= seq < len(changes) + 2:
+                    results[seq - 2] = -struct.unpack_from("=i", data, offset + 16)[0]
+                    pending -= 1
+                offset += (length + 3) & ~3
+    return results

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
@@ -139,6 +140,12 @@ def encode_uapi_set(ops: Sequence[WgOp]) -> list[str]:
     return lines
 
 
+@functools.lru_cache(maxsize=65536)
+def _parse_prefix(text: str) -> Prefix:
+    # Every pass re-reads every peer's AllowedIPs; the same few thousand strings come back.
+    return ipaddress.ip_network(text, strict=False)
+
+
 _COUNTERS = ("last_handshake_time_sec", "last_handshake_time_nsec", "rx_bytes", "tx_bytes")
 
 
@@ -164,7 +171,7 @@ def decode_uapi_get(lines: Sequence[str]) -> DeviceStatus:
             elif key == "persistent_keepalive_interval":
                 p["persistent_keepalive"] = int(value)
             elif key == "allowed_ip":
-                p["allowed_ips"].append(ipaddress.ip_network(value, strict=False))
+                p["allowed_ips"].append(_parse_prefix(value))
             elif key in _COUNTERS:
                 p[key] = int(value)
     statuses: dict[bytes, PeerStatus] = {}
@@ -223,7 +230,8 @@ class UapiClient:
         if not lines or not lines[-1].startswith("errno="):
             self.close()
             raise WireGuardError(f"malformed UAPI answer from {self.path}")
-        err = int(lines[-1].removeprefix("errno="))
+        # wireguard-go answers errno=-98 where the kernel-style value is 98: normalise.
+        err = abs(int(lines[-1].removeprefix("errno=")))
         if err != 0:
             self.close()
             raise WireGuardError(f"UAPI errno={err} ({os.strerror(err)})")
@@ -310,7 +318,9 @@ class UserspaceBackend:
 
     async def create(self, ifname: str) -> None:
         async with self._create_lock:
-            if self.pid(ifname) is not None and await self._answers(ifname):
+            if await self._answers(ifname):
+                # Ours, or one left by a previous meshd run: adopt it (configured, but only
+                # supervised through the reconciler's reads) rather than fight over the tun.
                 return
             await self._stop(ifname)
             self.socket_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -42,6 +42,13 @@ MESHD_ROUTE_PROTO = 109
 DEFAULT_MTU = 1420
 
 
+def as_prefix(p: object) -> Prefix:
+    """A prefix from a network object (kept as is: parsing 1,000s of them costs) or a string."""
+    if isinstance(p, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return p
+    return ipaddress.ip_network(p, strict=False)  # type: ignore[arg-type]
+
+
 def _prefix_key(p: Prefix) -> tuple[int, int, int]:
     return (p.version, int(p.network_address), p.prefixlen)
 
@@ -93,7 +100,7 @@ class WgPeer:
             if not 1 <= port <= 65535:
                 raise LocalProtocolError(f"endpoint port {port} out of range")
             object.__setattr__(self, "endpoint", (normalize_host(host), port))
-        prefixes = {ipaddress.ip_network(p, strict=False) for p in self.allowed_ips}
+        prefixes = {as_prefix(p) for p in self.allowed_ips}
         object.__setattr__(self, "allowed_ips", tuple(sorted(prefixes, key=_prefix_key)))
 
     def same_config(self, actual: WgPeer) -> bool:
@@ -161,7 +168,7 @@ class MeshInterface:
         if link_local:
             raise LocalProtocolError(f"link-local address {link_local[0]} is the kernel's")
         object.__setattr__(self, "addresses", tuple(sorted(addresses, key=_address_key)))
-        routes = {ipaddress.ip_network(r, strict=False) for r in self.routes}
+        routes = {as_prefix(r) for r in self.routes}
         object.__setattr__(self, "routes", tuple(sorted(routes, key=_prefix_key)))
 
     @classmethod

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import itertools
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
 
+from meshd.adapters.netlink import NetlinkEvent, NetlinkMonitor
 from meshd.adapters.reconciler import Reconciler
 from meshd.core.identity import WireGuardKey
 from meshd.core.wgplan import MeshInterface, WgDevice, WgPeer
 from meshd.lab import Lab, LabHost
 
 PORT = 51820
+_lab_counter = itertools.count()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -55,9 +59,9 @@ def full_mesh(nodes: list[Node], me: Node, family: int = 6) -> MeshInterface:
 
 
 @pytest.fixture
-async def lab3(run_prefix: str, request: pytest.FixtureRequest) -> AsyncIterator[Lab]:
-    # One lab per test, named after the test so leftovers are attributable.
-    tag = f"{abs(hash(request.node.name)) % 100:02d}"
+async def lab3(run_prefix: str) -> AsyncIterator[Lab]:
+    # One lab per test; a per-run counter keeps names distinct even if a cleanup failed.
+    tag = f"{next(_lab_counter) % 100:02d}"
     async with Lab(f"{run_prefix[:6]}{tag}", hosts=3) as lab:
         yield lab
 
@@ -68,3 +72,34 @@ def make_nodes(lab: Lab, count: int) -> list[Node]:
         reconciler = Reconciler(host.userspace_backend(), netns=host.netns)
         nodes.append(Node(host, WireGuardKey(os.urandom(32)), reconciler))
     return nodes
+
+
+class Running:
+    """The daemon's data-plane loop for each node: reconciler.run() plus a netlink monitor whose
+    events trigger a pass. Cancels everything on exit."""
+
+    def __init__(self, nodes: list[Node]) -> None:
+        self.nodes = nodes
+        self.monitors = [NetlinkMonitor("mesh0", n.host.netns) for n in nodes]
+        self.events: list[list[NetlinkEvent]] = [[] for _ in nodes]
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _watch(self, i: int) -> None:
+        async for event in self.monitors[i].events():
+            self.events[i].append(event)
+            self.nodes[i].reconciler.trigger()
+
+    async def __aenter__(self) -> Running:
+        for i, n in enumerate(self.nodes):
+            self._tasks.append(asyncio.create_task(n.reconciler.run()))
+            self._tasks.append(asyncio.create_task(self._watch(i)))
+        for m in self.monitors:
+            await asyncio.wait_for(m.ready.wait(), 5)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for n in self.nodes:
+            await n.reconciler.close()

@@ -1,0 +1,93 @@
+"""UAPI encoding (wireguard.com/xplatform) and decoding, without a daemon."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from meshd.adapters.wireguard import (
+    decode_uapi_get,
+    describe,
+    encode_uapi_set,
+    format_endpoint,
+    parse_endpoint,
+)
+from meshd.core.wgplan import (
+    AddPeer,
+    RemovePeer,
+    SetListenPort,
+    SetPrivateKey,
+    UpdatePeer,
+    WgPeer,
+    clamp_private_key,
+)
+
+K1, K2 = bytes([1]) * 32, bytes([2]) * 32
+PSK = bytes([7]) * 32
+N = ipaddress.ip_network
+
+
+def test_endpoints_round_trip() -> None:
+    for ep in [("192.0.2.1", 51820), ("2001:db8::1", 1)]:
+        assert parse_endpoint(format_endpoint(ep)) == ep
+    assert format_endpoint(("2001:db8::1", 1)) == "[2001:db8::1]:1"
+
+
+def test_set_lines() -> None:
+    peer = WgPeer(K2, ("2001:db8::2", 51820), (N("fd00::2/128"), N("10.0.0.2/32")), PSK, 25)
+    ops = [
+        SetPrivateKey(K1),
+        SetListenPort(51820),
+        RemovePeer(K1),
+        AddPeer(WgPeer(K1)),
+        UpdatePeer(peer),
+    ]
+    assert encode_uapi_set(ops) == [
+        f"private_key={clamp_private_key(K1).hex()}",
+        "listen_port=51820",
+        f"public_key={K1.hex()}",
+        "remove=true",
+        f"public_key={K1.hex()}",
+        f"preshared_key={bytes(32).hex()}",
+        "persistent_keepalive_interval=0",
+        "replace_allowed_ips=true",
+        f"public_key={K2.hex()}",
+        "update_only=true",  # directly after public_key, or it applies to nothing
+        "endpoint=[2001:db8::2]:51820",
+        f"preshared_key={PSK.hex()}",
+        "persistent_keepalive_interval=25",
+        "replace_allowed_ips=true",  # before the allowed_ip lines
+        "allowed_ip=10.0.0.2/32",
+        "allowed_ip=fd00::2/128",
+    ]
+
+
+def test_get_answer_is_decoded() -> None:
+    lines = [
+        f"private_key={clamp_private_key(K1).hex()}",
+        "listen_port=51820",
+        f"public_key={K2.hex()}",
+        f"preshared_key={bytes(32).hex()}",
+        "protocol_version=1",
+        "endpoint=[2001:db8::2]:4000",
+        "last_handshake_time_sec=1700000000",
+        "last_handshake_time_nsec=500000000",
+        "tx_bytes=10",
+        "rx_bytes=20",
+        "persistent_keepalive_interval=0",
+        "allowed_ip=fd00::2/128",
+        "allowed_ip=10.0.0.2/32",
+    ]
+    status = decode_uapi_get(lines)
+    assert status.device.private_key == clamp_private_key(K1)
+    assert status.device.listen_port == 51820
+    assert status.device.peers == (
+        WgPeer(K2, ("2001:db8::2", 4000), (N("10.0.0.2/32"), N("fd00::2/128"))),
+    )
+    p = status.peers[K2]
+    assert (p.last_handshake, p.rx_bytes, p.tx_bytes) == (1700000000.5, 20, 10)
+
+
+def test_errors_describe_without_keys() -> None:
+    text = describe([SetPrivateKey(K1), AddPeer(WgPeer(K2, None, (), PSK))])
+    assert text == "private key and 1 peer(s)"
+    assert K1.hex() not in text and PSK.hex() not in text
