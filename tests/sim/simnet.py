@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from meshd.core.announce import Announcement, AnnouncementVerifier
+from meshd.core.announce import Announcement, AnnouncementVerifier, sign_announcement
 from meshd.core.cert import Certificate, TrustAnchor, issue_certificate
 from meshd.core.config import MembershipConfig
 from meshd.core.identity import SigningKey, overlay_ipv6
@@ -103,7 +103,7 @@ class SimNet:
         self.verifier = AnnouncementVerifier(self.trust, cache_size=max(4096, 4 * n))
         self.hosts: list[SimHost] = []
         self._by_addr: dict[str, int] = {}
-        for i in range(n):
+        for _ in range(n):
             self.add_host()
 
     # --- topology ------------------------------------------------------------------------------
@@ -138,17 +138,21 @@ class SimNet:
     def start_converged(self, indices: Iterable[int] | None = None) -> None:
         """Start hosts as if they had already converged: each knows all the others ALIVE."""
         idx = list(range(len(self.hosts)) if indices is None else indices)
+        now_ms = int(self.now * 1000)
+        anns = [self._announcement(self.hosts[i], now_ms) for i in idx]
         for i in idx:
             h = self.hosts[i]
-            h.core = self._new_core(h)
+            h.core = self._new_core(h, last_version=now_ms - 1, peers=anns)
             h.up = True
-        anns = [self.hosts[i].core.announcement for i in idx]  # type: ignore[union-attr]
-        for i in idx:
-            h = self.hosts[i]
-            h.core = self._new_core(h, last_version=h.core.announcement.version - 1,  # type: ignore[union-attr]
-                                    peers=anns)  # fmt: skip
             h.core.events()  # start-up PeerJoined events are not part of any scenario
             self._after(i)
+
+    def _announcement(self, h: SimHost, version: int) -> Announcement:
+        # Exactly what the core signs at start (Ed25519 signatures are deterministic).
+        return sign_announcement(
+            h.identity, h.cert, version=version, wg_public_key=h.wg_key,
+            endpoints=[(h.underlay, WG_PORT)], meshd_port=MESHD_PORT, issued_at=version,
+        )  # fmt: skip
 
     def start(self, i: int, seeds: list[int] | None = None, *, keep_state: bool = False) -> None:
         """Boot host i (again) and join through `seeds`. `keep_state`: restart with its
@@ -214,7 +218,6 @@ class SimNet:
         if j is None:
             st.lost += 1
             return
-        dst = self.hosts[j]
         lo, hi = self.delay
         d = lo + (hi - lo) * self.rng.random()
         if ch is Channel.STREAM:
