@@ -33,6 +33,7 @@ WG_PORT = 51820
 T0 = 1_800_000_000.0  # virtual Unix time at start (2027); certificates are valid around it
 _DELIVER = 0
 _TIMER = 1
+_INJECT = 2
 
 
 @dataclass
@@ -95,6 +96,8 @@ class SimNet:
         self.stats = SimStats()
         self.rejected: Counter[str] = Counter()
         self.recorded: list[Recorded] = []
+        self.tap: list[tuple[int, bytes, tuple[str, int], Channel]] | None = None
+        """When a list: every delivered message is appended (for replay attacks)."""
         self._record = record or (lambda e: not isinstance(e, MessageRejected))
         self._heap: list[tuple[float, int, int, object]] = []
         self._seq = 0
@@ -251,6 +254,11 @@ class SimNet:
                 h.timer_at = float("inf")
                 h.core.handle_timer(when)  # type: ignore[union-attr]
                 self._after(i)
+            elif kind == _INJECT:
+                j, data, source, ch = payload  # type: ignore[misc]
+                if hosts[j].up:
+                    hosts[j].core.receive(data, source, when, ch)  # type: ignore[union-attr]
+                    self._after(j)
             else:
                 si, j, data, source, ch = payload  # type: ignore[misc]
                 h = hosts[j]
@@ -258,6 +266,8 @@ class SimNet:
                     self.stats.lost += 1
                     continue
                 self.stats.delivered += 1
+                if self.tap is not None:
+                    self.tap.append((j, data, source, ch))
                 h.core.receive(data, source, when, ch)  # type: ignore[union-attr]
                 self._after(j)
             # State changes come with events, so the (often O(N)) condition is only re-checked
@@ -272,12 +282,19 @@ class SimNet:
     def run_for(self, seconds: float, stop: Callable[[], bool] | None = None) -> bool:
         return self.run_until(self.now + seconds, stop)
 
-    def inject(self, j: int, data: bytes, source: tuple[str, int], ch: Channel) -> None:
-        """Deliver raw bytes to host j now (an attacker, or a replay)."""
-        h = self.hosts[j]
-        assert h.core is not None
-        h.core.receive(data, source, self.now, ch)
-        self._after(j)
+    def inject(self, j: int, data: bytes, source: tuple[str, int], ch: Channel,
+               at: float | None = None) -> None:  # fmt: skip
+        """Deliver raw bytes to host j at time `at` (default now): an attacker, or a replay."""
+        self._push(self.now if at is None else at, _INJECT, (j, data, source, ch))
+
+    def snapshot(self) -> dict[int, tuple[object, ...]]:
+        """Every up host's complete view: own version and (node, version, state) of all records."""
+        out: dict[int, tuple[object, ...]] = {}
+        for h in self.hosts:
+            if h.up and h.core is not None:
+                view = sorted((m.ann.node_id, m.version, m.state) for m in h.core.members())
+                out[h.index] = (h.core.announcement.version, *view)
+        return out
 
     # --- observations --------------------------------------------------------------------------
 
