@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from meshd.core.announce import Announcement, AnnouncementVerifier
+from meshd.core.announce import Announcement, AnnouncementVerifier, sign_announcement
 from meshd.core.cert import Certificate, TrustAnchor, issue_certificate
 from meshd.core.config import MembershipConfig
 from meshd.core.identity import SigningKey, overlay_ipv6
@@ -33,6 +33,7 @@ WG_PORT = 51820
 T0 = 1_800_000_000.0  # virtual Unix time at start (2027); certificates are valid around it
 _DELIVER = 0
 _TIMER = 1
+_INJECT = 2
 
 
 @dataclass
@@ -95,6 +96,8 @@ class SimNet:
         self.stats = SimStats()
         self.rejected: Counter[str] = Counter()
         self.recorded: list[Recorded] = []
+        self.tap: list[tuple[int, bytes, tuple[str, int], Channel]] | None = None
+        """When a list: every delivered message is appended (for replay attacks)."""
         self._record = record or (lambda e: not isinstance(e, MessageRejected))
         self._heap: list[tuple[float, int, int, object]] = []
         self._seq = 0
@@ -103,7 +106,7 @@ class SimNet:
         self.verifier = AnnouncementVerifier(self.trust, cache_size=max(4096, 4 * n))
         self.hosts: list[SimHost] = []
         self._by_addr: dict[str, int] = {}
-        for i in range(n):
+        for _ in range(n):
             self.add_host()
 
     # --- topology ------------------------------------------------------------------------------
@@ -138,17 +141,21 @@ class SimNet:
     def start_converged(self, indices: Iterable[int] | None = None) -> None:
         """Start hosts as if they had already converged: each knows all the others ALIVE."""
         idx = list(range(len(self.hosts)) if indices is None else indices)
+        now_ms = int(self.now * 1000)
+        anns = [self._announcement(self.hosts[i], now_ms) for i in idx]
         for i in idx:
             h = self.hosts[i]
-            h.core = self._new_core(h)
+            h.core = self._new_core(h, last_version=now_ms - 1, peers=anns)
             h.up = True
-        anns = [self.hosts[i].core.announcement for i in idx]  # type: ignore[union-attr]
-        for i in idx:
-            h = self.hosts[i]
-            h.core = self._new_core(h, last_version=h.core.announcement.version - 1,  # type: ignore[union-attr]
-                                    peers=anns)  # fmt: skip
             h.core.events()  # start-up PeerJoined events are not part of any scenario
             self._after(i)
+
+    def _announcement(self, h: SimHost, version: int) -> Announcement:
+        # Exactly what the core signs at start (Ed25519 signatures are deterministic).
+        return sign_announcement(
+            h.identity, h.cert, version=version, wg_public_key=h.wg_key,
+            endpoints=[(h.underlay, WG_PORT)], meshd_port=MESHD_PORT, issued_at=version,
+        )  # fmt: skip
 
     def start(self, i: int, seeds: list[int] | None = None, *, keep_state: bool = False) -> None:
         """Boot host i (again) and join through `seeds`. `keep_state`: restart with its
@@ -214,7 +221,6 @@ class SimNet:
         if j is None:
             st.lost += 1
             return
-        dst = self.hosts[j]
         lo, hi = self.delay
         d = lo + (hi - lo) * self.rng.random()
         if ch is Channel.STREAM:
@@ -248,6 +254,11 @@ class SimNet:
                 h.timer_at = float("inf")
                 h.core.handle_timer(when)  # type: ignore[union-attr]
                 self._after(i)
+            elif kind == _INJECT:
+                j, data, source, ch = payload  # type: ignore[misc]
+                if hosts[j].up:
+                    hosts[j].core.receive(data, source, when, ch)  # type: ignore[union-attr]
+                    self._after(j)
             else:
                 si, j, data, source, ch = payload  # type: ignore[misc]
                 h = hosts[j]
@@ -255,6 +266,8 @@ class SimNet:
                     self.stats.lost += 1
                     continue
                 self.stats.delivered += 1
+                if self.tap is not None:
+                    self.tap.append((j, data, source, ch))
                 h.core.receive(data, source, when, ch)  # type: ignore[union-attr]
                 self._after(j)
             # State changes come with events, so the (often O(N)) condition is only re-checked
@@ -269,12 +282,19 @@ class SimNet:
     def run_for(self, seconds: float, stop: Callable[[], bool] | None = None) -> bool:
         return self.run_until(self.now + seconds, stop)
 
-    def inject(self, j: int, data: bytes, source: tuple[str, int], ch: Channel) -> None:
-        """Deliver raw bytes to host j now (an attacker, or a replay)."""
-        h = self.hosts[j]
-        assert h.core is not None
-        h.core.receive(data, source, self.now, ch)
-        self._after(j)
+    def inject(self, j: int, data: bytes, source: tuple[str, int], ch: Channel,
+               at: float | None = None) -> None:  # fmt: skip
+        """Deliver raw bytes to host j at time `at` (default now): an attacker, or a replay."""
+        self._push(self.now if at is None else at, _INJECT, (j, data, source, ch))
+
+    def snapshot(self) -> dict[int, tuple[object, ...]]:
+        """Every up host's complete view: own version and (node, version, state) of all records."""
+        out: dict[int, tuple[object, ...]] = {}
+        for h in self.hosts:
+            if h.up and h.core is not None:
+                view = sorted((m.ann.node_id, m.version, m.state) for m in h.core.members())
+                out[h.index] = (h.core.announcement.version, *view)
+        return out
 
     # --- observations --------------------------------------------------------------------------
 

@@ -1,0 +1,159 @@
+"""Many-node scenarios on the simulated LAN (virtual time, default LAN settings unless noted)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from meshd.core.config import MembershipConfig
+from meshd.core.membership import MessageRejected, PeerDead, PeerJoined, PeerSuspected
+from meshd.core.wire import MemberState
+from tests.sim.simnet import SimNet
+
+
+def event_types(net: SimNet) -> Counter[str]:
+    return Counter(type(r.event).__name__ for r in net.recorded)
+
+
+def test_join_converges_everywhere() -> None:
+    n = 200
+    net = SimNet(n, seed=11)
+    net.start_converged(range(n - 1))
+    net.run_for(2)
+    joiner = net.hosts[n - 1]
+    t0 = net.now
+    net.start(n - 1, seeds=[0, 1])
+    assert net.run_for(5, lambda: set(net.views(joiner.node_id).values()) == {MemberState.ALIVE})
+    assert net.now - t0 < 0.5
+    net.run_for(1)  # the joiner's bulk pull over the stream
+    assert joiner.core is not None and len(joiner.core.live_members()) == n - 1
+    # Each old member saw exactly one join; the joiner saw everyone, from the pull.
+    joined = Counter(r.observer for r in net.recorded if isinstance(r.event, PeerJoined))
+    assert joined == Counter({i: 1 for i in range(n - 1)} | {n - 1: n - 1})
+
+
+def test_crash_is_detected_by_all_and_nobody_else_is_accused() -> None:
+    n = 100
+    net = SimNet(n, seed=12)
+    net.start_converged()
+    net.run_for(3)
+    victim = net.hosts[17]
+    net.crash(17)
+    t0 = net.now
+    assert net.run_for(20, lambda: set(net.views(victim.node_id).values()) == {MemberState.DEAD})
+    assert net.now - t0 < 4.0
+    net.run_for(10)
+    dead = {(r.observer, r.event.announcement.node_id) for r in net.recorded
+            if isinstance(r.event, PeerDead)}  # fmt: skip
+    assert dead == {(i, victim.node_id) for i in range(n) if i != 17}
+    suspected = {r.event.node_id for r in net.recorded if isinstance(r.event, PeerSuspected)}
+    assert suspected == {victim.node_id}
+
+
+def test_leave_is_seen_by_all_quickly() -> None:
+    n = 100
+    net = SimNet(n, seed=13)
+    net.start_converged()
+    net.run_for(2)
+    leaver = net.hosts[42]
+    assert leaver.core is not None
+    leaver.core.leave(net.now)
+    net._after(42)
+    t0 = net.now
+    assert net.run_for(
+        5,
+        lambda: (
+            set(v for i, v in net.views(leaver.node_id).items() if i != 42) == {MemberState.LEFT}
+        ),
+    )
+    assert net.now - t0 < 0.5
+    assert net.run_for(5, lambda: leaver.core is not None and leaver.core.leave_finished)
+    assert event_types(net) == Counter({"PeerLeft": n - 1})
+
+
+def test_no_false_positive_at_10_percent_loss_for_an_hour() -> None:
+    n = 6
+    net = SimNet(n, seed=14, loss=0.10)
+    net.start_converged()
+    net.run_for(3600)
+    types = event_types(net)
+    # Suspicions happen (that is what 10 % loss does to probes) and every one was refuted.
+    assert types["PeerSuspected"] > 0
+    assert types["PeerDead"] == 0 and types["PeerSuspected"] == types["PeerAlive"]
+    assert {len(h.core.live_members()) for h in net.hosts if h.core} == {n - 1}
+
+
+def test_partition_heals_after_it_ends() -> None:
+    n = 40
+    net = SimNet(n, seed=15)
+    net.start_converged()
+    net.run_for(2)
+    left, right = range(n // 2), range(n // 2, n)
+    net.partition([left, right])
+    net.run_for(30)
+    # Both halves declared the other dead (this is where wesher stays split forever).
+    assert {len(h.core.live_members()) for h in net.hosts if h.core} == {n // 2 - 1}
+    net.heal()
+    t0 = net.now
+    assert net.run_for(
+        120, lambda: {len(h.core.live_members()) for h in net.hosts if h.core} == {n - 1}
+    )
+    healed_after = net.now - t0
+    assert healed_after < 60
+    net.run_for(10)
+    snap = net.snapshot()
+    for view in snap.values():
+        assert {s for (_, _, s) in view[1:]} == {MemberState.ALIVE}  # type: ignore[misc]
+
+
+def test_restarted_node_with_lost_state_rejoins_and_wins() -> None:
+    n = 30
+    net = SimNet(n, seed=16)
+    net.start_converged()
+    net.run_for(2)
+    node = net.hosts[7]
+    assert node.core is not None
+    old_version = node.core.announcement.version
+    net.crash(7)
+    assert net.run_for(20, lambda: set(net.views(node.node_id).values()) == {MemberState.DEAD})
+    net.recorded.clear()
+    net.start(7, seeds=[0])  # fresh install: no version, no peers
+    assert net.run_for(5, lambda: set(net.views(node.node_id).values()) == {MemberState.ALIVE})
+    new_version = node.core.announcement.version  # type: ignore[union-attr]
+    assert new_version > old_version
+    assert all(
+        h.core.member(node.node_id).version == new_version  # type: ignore[union-attr]
+        for h in net.hosts
+        if h.core and h.index != 7
+    )
+    net.run_for(2)
+    assert len(node.core.live_members()) == n - 1  # type: ignore[union-attr]
+    joined = Counter(r.observer for r in net.recorded if isinstance(r.event, PeerJoined))
+    assert joined == Counter({i: 1 for i in range(n) if i != 7} | {7: n - 1})
+
+
+def test_flood_of_replayed_and_stale_gossip_changes_nothing() -> None:
+    n = 20
+    net = SimNet(n, seed=17, config=MembershipConfig.local())
+    net.start_converged()
+    net.tap = []
+    # Churn while recording everything on the wire: updates, a false suspicion, a leave, a crash.
+    for k in range(3):
+        net.hosts[3].core.update_self(net.now, endpoints=[(f"192.0.2.{k + 1}", 51820)])  # type: ignore[union-attr]
+        net._after(3)
+        net.run_for(1)
+    net.hosts[4].core.leave(net.now)  # type: ignore[union-attr]
+    net._after(4)
+    net.crash(5)
+    net.run_for(10)
+    captured, net.tap = net.tap, None
+    before = net.snapshot()
+    net.recorded.clear()
+    # Replay all of it, twice, within one second.
+    for copy in range(2):
+        for m, (j, data, source, ch) in enumerate(captured):
+            if net.hosts[j].up:
+                net.inject(j, data, source, ch, at=net.now + (copy + m / len(captured)) / 2)
+    net.run_for(2)
+    assert net.snapshot() == before
+    assert [r.event for r in net.recorded if not isinstance(r.event, MessageRejected)] == []
+    assert net.rejected["stale"] > 0

@@ -1,0 +1,335 @@
+"""MeshNode state machine, driven synchronously with virtual time. Whole event lists asserted."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshd.core import wire
+from meshd.core.cert import issue_revocation
+from meshd.core.errors import Reject
+from meshd.core.membership import (
+    MessageRejected,
+    PeerAlive,
+    PeerDead,
+    PeerJoined,
+    PeerLeft,
+    PeerSuspected,
+    PeerUpdated,
+    RevocationAdded,
+)
+from meshd.core.wire import AnnounceItem, Channel, DeadItem, Gossip, MemberState, SuspectItem
+from tests.sim.simnet import MESH
+from tests.unit.nodes import NOW, Lab
+
+CORE = Path(__file__).resolve().parents[2] / "meshd" / "core"
+
+
+def test_core_imports_no_io_clock_or_global_random() -> None:
+    # STYLE.md: the core is sans-IO. Parse every module: no forbidden import, and `random` only
+    # as the type of an injected generator (random.Random), never module-level functions.
+    forbidden = {"asyncio", "socket", "time", "os", "aiohttp", "pyroute2", "datetime", "secrets"}
+    problems: list[str] = []
+    for path in sorted(CORE.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [(node.module or "").split(".")[0]]
+                if names == ["random"]:
+                    problems.append(f"{path.name}: from random import ...")
+            problems += [f"{path.name}: import {n}" for n in names if n in forbidden]
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "random"
+                and node.attr != "Random"
+            ):
+                problems.append(f"{path.name}:{node.lineno}: random.{node.attr}")
+    assert problems == []
+
+
+def gossip(*items: wire.Item) -> bytes:
+    return wire.encode(Gossip(items))
+
+
+def test_version_outranks_previous_and_wall_clock() -> None:
+    lab = Lab(1)
+    assert lab.core(0, now=NOW).announcement.version == int(NOW * 1000)
+    # A restarted node that kept state but whose clock went backwards still grows.
+    assert lab.core(0, now=NOW, last_version=int(NOW * 1000) + 500).announcement.version == (
+        int(NOW * 1000) + 501
+    )
+
+
+def test_join_exchanges_announcements_without_amplification() -> None:
+    lab = Lab(2)
+    a = lab.core(0)
+    b = lab.core(1)
+    b.join([lab.net.underlay_address(0)], NOW)
+    sent = lab.deliver(NOW)
+    assert lab.events(0) == [PeerJoined(b.announcement)]
+    assert lab.events(1) == [PeerJoined(a.announcement)]
+    underlay = [(type(wire.decode(t.data, t.channel)), len(t.data)) for t in sent
+                if t.channel is Channel.UNDERLAY]  # fmt: skip
+    assert underlay == [
+        (wire.JoinRequest, wire.JOIN_REQUEST_SIZE),
+        (wire.JoinReply, underlay[1][1]),
+    ]
+    assert underlay[1][1] <= wire.JOIN_REQUEST_SIZE
+    # The joiner pulled the seed's state over a stream inside the tunnel.
+    streams = [wire.decode(t.data, t.channel) for t in sent if t.channel is Channel.STREAM]
+    assert isinstance(streams[0], wire.PushPullRequest) and streams[0].digest is not None
+    assert [m.state for m in a.members()] == [MemberState.ALIVE]
+    assert [m.state for m in b.members()] == [MemberState.ALIVE]
+
+
+def test_underlay_accepts_only_join_messages() -> None:
+    lab = Lab(2)
+    a, _ = lab.converged(2)
+    src = lab.source_of(1, Channel.UNDERLAY)
+    a.receive(wire.encode(wire.Ping(1)), src, NOW, Channel.UNDERLAY)
+    assert a.events() == [MessageRejected(Reject.WRONG_CHANNEL, src)]
+    assert a.datagrams_to_send() == []
+
+
+def test_unsigned_claims_only_from_members() -> None:
+    lab = Lab(3)
+    a, _, c = lab.converged(3)
+    stranger = ("fd00::99", 7946)
+    a.receive(gossip(DeadItem(c.node_id, c.announcement.version, bytes(32))), stranger, NOW)
+    assert a.events() == [MessageRejected(Reject.UNKNOWN_SENDER, stranger)]
+    assert a.member(c.node_id).state is MemberState.ALIVE  # type: ignore[union-attr]
+    assert a.datagrams_to_send() == []
+
+
+def test_suspicion_is_refuted_by_a_higher_version() -> None:
+    lab = Lab(3)
+    a, b, c = lab.converged(3)
+    v = c.announcement.version
+    a.receive(gossip(SuspectItem(c.node_id, v, b.node_id)), lab.source_of(1, Channel.OVERLAY), NOW)
+    lab.deliver(NOW)
+    assert c.announcement.version > v
+    assert lab.events(0) == [PeerSuspected(c.node_id, v), PeerAlive(c.announcement)]
+    # b sent the claim, so a does not forward it back; b just sees c's newer version.
+    assert lab.events(1) == []
+    assert lab.events(2) == []
+    assert b.member(c.node_id).version == c.announcement.version  # type: ignore[union-attr]
+
+
+def test_lone_suspicion_expires_into_dead_at_the_lifeguard_deadline() -> None:
+    lab = Lab(3)
+    a, b, c = lab.converged(3)
+    v = c.announcement.version
+    a.receive(gossip(SuspectItem(c.node_id, v, b.node_id)), lab.source_of(1, Channel.OVERLAY), NOW)
+    assert a.events() == [PeerSuspected(c.node_id, v)]
+    # 3 nodes: fewer than K others can confirm, so the minimum applies (memberlist rule).
+    lo, _ = lab.config.suspicion_bounds(3)
+    a.handle_timer(NOW + lo - 1e-6)
+    assert a.events() == []
+    a.handle_timer(NOW + lo)
+    assert a.events() == [PeerDead(c.announcement)]
+    sent = [wire.decode(t.data, t.channel) for t in a.datagrams_to_send()]
+    assert Gossip((DeadItem(c.node_id, v, a.node_id),)) in sent
+
+
+def test_tombstone_blocks_stale_gossip_and_a_rejoin_wins() -> None:
+    lab = Lab(3)
+    old = lab.core(2, now=NOW - 10).announcement
+    a, b, c = lab.converged(3)
+    src = lab.source_of(1, Channel.OVERLAY)
+    a.receive(gossip(DeadItem(c.node_id, c.announcement.version, b.node_id)), src, NOW)
+    assert a.events() == [PeerDead(c.announcement)]
+    a.receive(gossip(AnnounceItem(old.raw)), src, NOW + 1)
+    a.receive(gossip(AnnounceItem(c.announcement.raw)), src, NOW + 1)  # replay: same version
+    assert a.events() == [MessageRejected(Reject.STALE, src)]
+    assert a.member(c.node_id).state is MemberState.DEAD  # type: ignore[union-attr]
+    new = c.update_self(NOW + 2, endpoints=[("192.0.2.7", 51820)])
+    a.receive(gossip(AnnounceItem(new.raw)), src, NOW + 2)
+    assert a.events() == [PeerJoined(new)]
+    assert a.member(c.node_id).state is MemberState.ALIVE  # type: ignore[union-attr]
+
+
+def test_signed_leave_is_seen_and_old_alive_cannot_undo_it() -> None:
+    lab = Lab(3)
+    a, _b, c = lab.converged(3)
+    alive = c.announcement
+    c.leave(NOW)
+    lab.deliver(NOW)
+    assert lab.events(0) == [PeerLeft(c.announcement)]
+    assert lab.events(1) == [PeerLeft(c.announcement)]
+    src = lab.source_of(1, Channel.OVERLAY)
+    a.receive(gossip(AnnounceItem(alive.raw)), src, NOW + 1)
+    assert a.events() == [MessageRejected(Reject.STALE, src)]
+    assert [m.state for m in a.members() if m.ann.node_id == c.node_id] == [MemberState.LEFT]
+
+
+def test_dead_claim_about_self_is_refuted() -> None:
+    lab = Lab(3)
+    a, b, _ = lab.converged(3)
+    v = a.announcement.version
+    a.receive(gossip(DeadItem(a.node_id, v, b.node_id)), lab.source_of(1, Channel.OVERLAY), NOW)
+    assert a.events() == []
+    assert a.announcement.version == v + 1  # same millisecond: previous + 1
+    assert a.health == 1  # Lifeguard IV-A: being suspected hints at a local problem
+    sent = {wire.decode(t.data, t.channel) for t in a.datagrams_to_send()}
+    assert Gossip((AnnounceItem(a.announcement.raw),)) in sent
+
+
+def test_update_self_reaches_peers_as_peer_updated() -> None:
+    lab = Lab(2)
+    _a, b = lab.converged(2)
+    old = b.announcement
+    new = b.update_self(NOW + 1, endpoints=[("198.51.100.2", 51820)])
+    lab.deliver(NOW + 1)
+    assert lab.events(0) == [PeerUpdated(new, old)]
+
+
+def test_restart_with_lost_state_outranks_old_record() -> None:
+    lab = Lab(2)
+    a, b = lab.converged(2)
+    old = b.announcement
+    b2 = lab.core(1, now=NOW + 5, wg=bytes(range(32)))  # fresh install: new key, no state
+    b2.join([lab.net.underlay_address(0)], NOW + 5)
+    lab.deliver(NOW + 5)
+    assert lab.events(0) == [PeerUpdated(b2.announcement, old)]
+    assert lab.events(1) == [PeerJoined(a.announcement)]
+
+
+def test_revocation_drops_member_and_refuses_its_announcements() -> None:
+    lab = Lab(3)
+    a, _b, c = lab.converged(3)
+    serial = c.announcement.cert.serial
+    rev = issue_revocation(
+        lab.net.ca, mesh=MESH, serial=serial, identity_key=c.node_id, revoked_at=0, reason="lost"
+    )
+    src = lab.source_of(1, Channel.OVERLAY)
+    a.receive(gossip(wire.RevocationItem(rev.raw)), src, NOW)
+    assert a.events() == [RevocationAdded(rev), PeerDead(c.announcement)]
+    newer = c.update_self(NOW + 1, endpoints=[("192.0.2.9", 1)])
+    a.receive(gossip(AnnounceItem(newer.raw)), src, NOW + 1)
+    assert a.events() == [MessageRejected(Reject.REVOKED, src)]
+
+
+def test_failed_probe_goes_indirect_then_suspects_with_nacks_keeping_health() -> None:
+    lab = Lab(3)
+    a, b, c = lab.converged(3)
+    t = NOW
+    while t < NOW + 1:
+        t += 0.005
+        a.handle_timer(t)
+        b.handle_timer(t)
+        lab.deliver(t, drop={2})
+    # a pinged c directly, then asked b, b pinged c and nacked (a's own network is fine).
+    # (b also runs its own probes; only the order of a's probe steps is asserted.)
+    steps = iter(lab.log)
+    expected = [(0, 2, "Ping"), (0, 1, "PingReq"), (1, 2, "Ping"), (1, 0, "Nack")]
+    assert [e for e in expected if e in steps] == expected
+    assert a.member(c.node_id).state is MemberState.DEAD  # type: ignore[union-attr]
+    assert a.health == 0
+
+
+def test_missing_nacks_raise_local_health() -> None:
+    lab = Lab(3)
+    a, _, _ = lab.converged(3)
+    t = NOW
+    while a.health == 0 and t < NOW + 2:
+        t += 0.005
+        a.handle_timer(t)
+        lab.deliver(t, drop={1, 2})  # a's own link is down: no acks, no nacks
+    assert a.health == 1
+    # Probe interval is now scaled by health + 1 (Lifeguard IV-A).
+    assert a.get_timer() - t <= 2 * lab.config.probe_interval
+
+
+def test_ping_req_relay_sends_nack_then_forwards_late_ack() -> None:
+    lab = Lab(3)
+    _a, b, c = lab.converged(3)
+    b.receive(wire.encode(wire.PingReq(77, c.node_id)), lab.source_of(0, Channel.OVERLAY), NOW)
+    ping = b.datagrams_to_send()
+    assert [(t.destination, type(wire.decode(t.data, t.channel))) for t in ping] == [
+        ((lab.host(2).overlay, 7946), wire.Ping)
+    ]
+    b.handle_timer(NOW + 0.8 * lab.config.probe_timeout)
+    assert [(t.destination, wire.decode(t.data, t.channel)) for t in b.datagrams_to_send()] == [
+        (lab.source_of(0, Channel.OVERLAY), wire.Nack(77))
+    ]
+    seq = wire.decode(ping[0].data, Channel.OVERLAY).seq  # type: ignore[union-attr]
+    b.receive(wire.encode(wire.Ack(seq)), lab.source_of(2, Channel.OVERLAY), NOW + 0.05)
+    assert [wire.decode(t.data, t.channel) for t in b.datagrams_to_send()] == [wire.Ack(77)]
+
+
+def test_push_pull_sends_only_what_the_peer_lacks() -> None:
+    lab = Lab(3)
+    a, b, c = lab.converged(3)
+    old = c.announcement
+    new = c.update_self(NOW + 1, endpoints=[("192.0.2.1", 51820)])
+    b.receive(gossip(AnnounceItem(new.raw)), lab.source_of(2, Channel.OVERLAY), NOW + 1)
+    b.events()
+    b.datagrams_to_send()
+    req = wire.PushPullRequest(a.state_hash(), a.digest())
+    b.receive(wire.encode(req), (lab.host(0).overlay, 50000), NOW + 1, Channel.STREAM)
+    (reply,) = b.datagrams_to_send()
+    msg = wire.decode(reply.data, reply.channel)
+    assert reply.channel is Channel.STREAM
+    assert msg == wire.PushPullReply(b.state_hash(), None, (new.raw,))
+    a.receive(reply.data, (lab.host(1).overlay, 7946), NOW + 1, Channel.STREAM)
+    assert a.events() == [PeerUpdated(new, old)]
+    assert a.state_hash() == b.state_hash()
+
+
+def test_converged_push_pull_is_one_hash() -> None:
+    lab = Lab(3)
+    a, b, _ = lab.converged(3)
+    req = wire.encode(wire.PushPullRequest(a.state_hash(), None))
+    b.receive(req, (lab.host(0).overlay, 50000), NOW, Channel.STREAM)
+    assert b.datagrams_to_send() == [] and b.events() == []
+    assert len(req) < 32
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=1600), channel=st.sampled_from(list(Channel)))
+def test_random_bytes_never_raise_or_change_state(data: bytes, channel: Channel) -> None:
+    lab = _FUZZ_LAB
+    a = lab.cores[0]
+    before = [(m.ann.version, m.state) for m in a.members()]
+    a.receive(data, lab.source_of(1, channel), NOW)
+    a.receive(wire.PREFIX + data, lab.source_of(1, channel), NOW)
+    assert [(m.ann.version, m.state) for m in a.members()] == before
+    assert all(isinstance(e, MessageRejected) for e in a.events())
+    a.datagrams_to_send()
+
+
+@settings(max_examples=300, deadline=None)
+@given(pos=st.integers(0, 2000), byte=st.integers(0, 255), which=st.integers(0, 3))
+def test_mutated_messages_never_raise(pos: int, byte: int, which: int) -> None:
+    lab = _FUZZ_LAB
+    a, b = lab.cores[0], lab.cores[1]
+    samples = [
+        (gossip(AnnounceItem(b.announcement.raw)), Channel.OVERLAY),
+        (wire.encode(wire.JoinRequest(bytes(8), b.announcement.raw, 0, MemberState.UNKNOWN)),
+         Channel.UNDERLAY),
+        (wire.encode(wire.PushPullRequest(bytes(16), b.digest())), Channel.STREAM),
+        (wire.encode(wire.PushPullReply(bytes(16), b.digest(), (b.announcement.raw,))),
+         Channel.STREAM),
+    ]  # fmt: skip
+    data, channel = samples[which]
+    mutated = bytearray(data)
+    mutated[pos % len(mutated)] = byte
+    a.receive(bytes(mutated), lab.source_of(1, channel), NOW)
+    a.events()
+    a.datagrams_to_send()
+
+
+def _fuzz_lab() -> Lab:
+    lab = Lab(2)
+    lab.converged(2)
+    return lab
+
+
+_FUZZ_LAB = _fuzz_lab()
