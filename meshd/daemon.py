@@ -33,7 +33,10 @@ import uvloop
 from meshd import keyfiles, logs
 from meshd.adapters import systemd
 from meshd.adapters.addresses import underlay_addresses
+from meshd.adapters.dataplane import DataPlane
+from meshd.adapters.netlink import NetlinkEvent, UnderlayAddressesChanged, UnderlayLinkChanged
 from meshd.adapters.reconciler import Reconciler
+from meshd.adapters.resolver import EndpointResolver
 from meshd.adapters.store import StateStore
 from meshd.adapters.transport import MeshTransport, Received
 from meshd.adapters.wireguard import PeerStatus, WireGuardBackend, select_backend
@@ -65,6 +68,9 @@ milliseconds by eager forwarding; this bounds the wait when the network is gone.
 RECONCILE_PERIOD_S = 2.0
 """Re-read the data plane this often to repair drift (a deleted route or interface, a killed
 wireguard-go) and to move stale peers to their next endpoint. Netlink events repair faster."""
+SEED_RESOLVE_PERIOD_S = 60.0
+"""Seeds given by name are resolved again this often (and on underlay changes): a seed that
+moved is found again without a restart."""
 PERSIST_DELAY_S = 1.0
 """Known peers are written this long after a membership change (coalescing bursts), so that even
 a crash of every node soon after a change leaves each one a list of peers to re-form from."""
@@ -109,12 +115,15 @@ class Daemon:
         self._endpoint_choice: dict[bytes, EndpointChoice] = {}
         self._rejected: Counter[str] = Counter()
         self._tasks: list[asyncio.Task[None]] = []
+        self._side_tasks: set[asyncio.Task[None]] = set()
         self._held: list[ms.Transmit] = []
         self._apply_task: asyncio.Task[None] | None = None
         self._apply_again = False
         self._left = False
         self.backend: WireGuardBackend | None = None
         self.reconciler: Reconciler | None = None
+        self.dataplane: DataPlane | None = None
+        self.seed_resolver = EndpointResolver(self._seed_moved, period=SEED_RESOLVE_PERIOD_S)
         self.transport: MeshTransport | None = None
         self.api: Any = None  # meshd.api.ApiServer, imported late (see start)
         self.core: ms.MeshNode | None = None
@@ -172,20 +181,54 @@ class Daemon:
         return out[:8]
 
     async def resolve_seeds(self) -> list[tuple[str, int]]:
-        loop = asyncio.get_running_loop()
+        """Seed addresses now: IP literals as they are, names through the resolver (which
+        keeps watching them)."""
         out: list[tuple[str, int]] = []
         for seed in self.config.seeds:
             host, port = split_host_port(seed, "seeds")
             try:
-                infos = await loop.getaddrinfo(host, port, type=2)  # SOCK_DGRAM
-            except OSError as exc:
-                log.warning("resolving seed %s: %s", seed, exc)
-                continue
-            for info in infos:
-                addr = (str(info[4][0]), port)
-                if addr not in out:
-                    out.append(addr)
+                ipaddress.ip_address(host)
+                addrs = [host]
+            except ValueError:
+                self.seed_resolver.watch(host, port)
+                resolved = await self.seed_resolver.refresh(host, port, force=True)
+                addrs = [resolved[0]] if resolved else []
+            out += [(a, port) for a in addrs if (a, port) not in out]
         return out
+
+    def _seed_moved(self, name: str, port: int, endpoint: tuple[str, int]) -> None:
+        """A seed's name now resolves elsewhere: join through the new address (the core keeps
+        retrying seeds while it knows no live member)."""
+        if self.core is None or self._left:
+            return
+        seeds = [
+            self.seed_resolver.endpoint(*split_host_port(s, "seeds")) or split_host_port(s, "seeds")
+            for s in self.config.seeds
+        ]
+        log.info("seed %s now resolves to %s; joining through it", name, endpoint[0])
+        self.core.join(seeds, self.clock())
+        self._after_core()
+
+    def _on_netlink(self, event: NetlinkEvent) -> None:
+        if isinstance(event, UnderlayAddressesChanged | UnderlayLinkChanged):
+            self.seed_resolver.trigger()
+            task = asyncio.get_running_loop().create_task(self._reannounce())
+            self._side_tasks.add(task)
+            task.add_done_callback(self._side_tasks.discard)
+
+    async def _reannounce(self) -> None:
+        """Our underlay addresses changed: sign and spread an announcement with the new
+        endpoints, so peers switch at once instead of waiting for roaming or a timeout."""
+        if self.core is None or self._left:
+            return
+        endpoints = await self.own_endpoints()
+        if tuple(endpoints) == self.core.announcement.endpoints:
+            return
+        self.core.update_self(self.clock(), endpoints=endpoints)
+        self._after_core()
+        self._persist_wanted.set()
+        log.info("underlay changed; announced endpoints %s",
+                 ", ".join(_endpoint_text(e) for e in endpoints) or "none")  # fmt: skip
 
     async def start(self) -> None:
         """Start in the order that makes a new node reachable soonest: the join request goes
@@ -228,17 +271,19 @@ class Daemon:
             on_exit=self._wireguard_exited,
             binary=self.config.wireguard_go,
         )
-        reconciler = Reconciler(self.backend, period=RECONCILE_PERIOD_S)
-        await reconciler.converge(self.desired_interface([]))
+        dataplane = DataPlane(self.backend, period=RECONCILE_PERIOD_S, on_netlink=self._on_netlink)
+        dataplane.set_desired(self.desired_interface([]))
+        await dataplane.reconciler.converge()
+        await dataplane.start()  # reconciler loop, netlink monitor, resolver
         # Only now does `_after_core` see a data plane: until here it held overlay traffic.
-        self.reconciler = reconciler
+        self.dataplane, self.reconciler = dataplane, dataplane.reconciler
         # Members learnt while WireGuard was starting (the join reply, persisted peers) are
         # applied now, and the overlay traffic held for them is released once they are in.
         self._apply_task = asyncio.get_running_loop().create_task(self._apply_now())
         for coro in (
             self._timer_loop(),
             self._desired_loop(),
-            reconciler.run(),
+            self.seed_resolver.run(),
             self._persist_loop(),
             self._watchdog_loop(),
         ):
@@ -281,7 +326,7 @@ class Daemon:
         if self.core is not None and not self._left:
             with contextlib.suppress(Exception):
                 await self.leave()
-        tasks = [*self._tasks, *([self._apply_task] if self._apply_task else [])]
+        tasks = [*self._tasks, *self._side_tasks, *([self._apply_task] if self._apply_task else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -290,13 +335,11 @@ class Daemon:
             await self.api.stop()
         if self.transport is not None:
             await self.transport.close()
-        if self.backend is not None:
-            if not self.config.keep_interface:
-                with contextlib.suppress(MeshError, OSError):
-                    await self.backend.destroy(self.config.interface)
+        if self.dataplane is not None:
+            with contextlib.suppress(MeshError, OSError):
+                await self.dataplane.stop(destroy=not self.config.keep_interface)
+        elif self.backend is not None:
             await self.backend.close()
-        if self.reconciler is not None:
-            await self.reconciler.close()
 
     # --- the core's inputs and outputs ------------------------------------------------------
 
@@ -445,8 +488,8 @@ class Daemon:
             self.reconciler.trigger()
 
     def _update_desired(self) -> None:
-        assert self.reconciler is not None and self.core is not None
-        self.reconciler.set_desired(self.desired_interface(self.core.live_members()))
+        assert self.dataplane is not None and self.core is not None
+        self.dataplane.set_desired(self.desired_interface(self.core.live_members()))
 
     async def _desired_loop(self) -> None:
         """Recompute the desired interface periodically, so that peers whose handshake went
