@@ -709,6 +709,10 @@ def _endpoint_text(endpoint: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
 def _handshake_age(stats: PeerStatus | None, now: float) -> float | None:
     if stats is None or stats.last_handshake is None:
         return None

@@ -235,6 +235,7 @@ class _Probe:
     target: bytes
     seq: int
     indirect_at: float
+    sent_at: float = 0.0
     indirect_sent: bool = False
     acked: bool = False
     nacks_expected: int = 0
@@ -336,6 +337,7 @@ class MeshNode:
         self._health = 0
         self._seq = rng.randrange(1 << 31)
         self._probe: _Probe | None = None
+        self._rtt: dict[bytes, float] = {}
         self._relays: dict[int, _Relay] = {}
         self._suspect_heap: list[tuple[float, bytes]] = []
         self._joins: dict[bytes, _PendingJoin] = {}
@@ -395,6 +397,11 @@ class MeshNode:
             not (isinstance(i, AnnounceItem) and i.announcement == self._me.raw)
             for i in self._queue.items()
         )
+
+    def rtt(self, node_id: bytes) -> float | None:
+        """Smoothed round-trip time of direct probes to a member, in seconds (None: no direct
+        probe answered yet). Shown by `meshctl status`; also a hint for gateway choice."""
+        return self._rtt.get(node_id)
 
     def member(self, node_id: bytes) -> Member | None:
         return self._members.get(node_id)
@@ -590,6 +597,7 @@ class MeshNode:
         for node_id in [n for n in self._tombstones if self._members[n].expires <= now]:
             m = self._members.pop(node_id)
             self._tombstones.discard(node_id)
+            self._rtt.pop(node_id, None)
             if self._by_overlay.get(m.overlay) == node_id:
                 del self._by_overlay[m.overlay]
 
@@ -743,7 +751,7 @@ class MeshNode:
         if isinstance(msg, wire.Ping):
             self._send_piggybacked(source, lambda it: wire.Ack(msg.seq, it))
         elif isinstance(msg, wire.Ack):
-            self._on_ack(msg.seq)
+            self._on_ack(msg.seq, now)
         elif isinstance(msg, wire.PingReq):
             self._on_ping_req(msg, source, now)
         elif isinstance(msg, wire.Nack):
@@ -954,7 +962,7 @@ class MeshNode:
             # refute before the timeout even if gossip missed it.
             first = (SuspectItem(target, m.version, self.node_id),)
         self._send_piggybacked(m.address, lambda it: wire.Ping(seq, it), first)
-        self._probe = _Probe(target, seq, now + self.config.probe_timeout * scale)
+        self._probe = _Probe(target, seq, now + self.config.probe_timeout * scale, now)
 
     def _send_indirect(self, p: _Probe) -> None:
         p.indirect_sent = True
@@ -983,10 +991,16 @@ class MeshNode:
         self.stats["probe_failures"] += 1
         self._on_suspect(p.target, m.version, self.node_id, now)
 
-    def _on_ack(self, seq: int) -> None:
+    def _on_ack(self, seq: int, now: float) -> None:
         p = self._probe
         if p is not None and p.seq == seq:
             p.acked = True
+            if not p.indirect_sent:
+                # Round trip of a direct probe through the tunnel, smoothed as TCP's SRTT
+                # (RFC 6298 section 2, alpha = 1/8). Indirect acks measure a detour: skipped.
+                sample = now - p.sent_at
+                old = self._rtt.get(p.target)
+                self._rtt[p.target] = sample if old is None else old + (sample - old) / 8
             return
         relay = self._relays.pop(seq, None)
         if relay is not None:

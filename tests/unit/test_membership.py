@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -333,3 +334,29 @@ def _fuzz_lab() -> Lab:
 
 
 _FUZZ_LAB = _fuzz_lab()
+
+
+def test_direct_probe_round_trip_is_measured_and_smoothed() -> None:
+    lab = Lab(2)
+    a, b = lab.converged(2)
+    assert a.rtt(b.node_id) is None
+    t = NOW
+    samples = []
+    while len(samples) < 2:
+        t += 0.01
+        a.handle_timer(t)
+        pings = [
+            tx
+            for tx in a.datagrams_to_send()
+            if isinstance(wire.decode(tx.data, tx.channel), wire.Ping)
+        ]
+        for tx in pings:
+            # The ack comes back 4 ms later (first probe), then 12 ms later (second).
+            delay = 0.004 if not samples else 0.012
+            b.receive(tx.data, lab.source_of(0, tx.channel), t + delay / 2, tx.channel)
+            for back in b.datagrams_to_send():
+                a.receive(back.data, lab.source_of(1, back.channel), t + delay, back.channel)
+            samples.append(a.rtt(b.node_id))
+    # First sample taken as is; the next one moves the estimate by 1/8 of the difference.
+    assert samples[0] == pytest.approx(0.004, abs=1e-6)  # Unix-time floats: microseconds
+    assert samples[1] == pytest.approx(0.004 + (0.012 - 0.004) / 8, abs=1e-6)
