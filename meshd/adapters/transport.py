@@ -36,6 +36,8 @@ STREAM_TIMEOUT = 10.0
 IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
 IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+RCVBUF = 4 * 1024 * 1024
 
 
 UNDERLAY, OVERLAY, STREAM = "underlay", "overlay", "stream"
@@ -100,6 +102,12 @@ class MeshTransport:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
         sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        # Room for bursts (a join storm, a push-pull of a large mesh) between two loop turns.
+        # SO_RCVBUFFORCE passes net.core.rmem_max with CAP_NET_ADMIN, which meshd has.
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         sock.setblocking(False)
         try:
             sock.bind(("::", self.port))
