@@ -65,9 +65,13 @@ log = logging.getLogger("meshd")
 LEAVE_DEADLINE_S = 2.0
 """How long a graceful leave may take before exit: the LEFT announcement reaches every node in
 milliseconds by eager forwarding; this bounds the wait when the network is gone."""
-RECONCILE_PERIOD_S = 2.0
-"""Re-read the data plane this often to repair drift (a deleted route or interface, a killed
-wireguard-go) and to move stale peers to their next endpoint. Netlink events repair faster."""
+RECONCILE_PERIOD_S = 10.0
+"""A full reconciliation pass (read everything, plan, apply) runs this often even when nothing
+seems to have changed: it repairs drift netlink does not report (`wg set` by hand). Deleted
+routes and interfaces are reported by netlink and repaired at once."""
+ENDPOINT_PERIOD_S = 2.0
+"""The desired state is recomputed this often so that a peer whose handshake went stale moves
+on to its next announced endpoint; it is pushed to the data plane only when it changed."""
 SEED_RESOLVE_PERIOD_S = 60.0
 """Seeds given by name are resolved again this often (and on underlay changes): a seed that
 moved is found again without a restart."""
@@ -123,6 +127,7 @@ class Daemon:
         self.backend: WireGuardBackend | None = None
         self.reconciler: Reconciler | None = None
         self.dataplane: DataPlane | None = None
+        self._last_desired: MeshInterface | None = None
         self.seed_resolver = EndpointResolver(self._seed_moved, period=SEED_RESOLVE_PERIOD_S)
         self.transport: MeshTransport | None = None
         self.api: Any = None  # meshd.api.ApiServer, imported late (see start)
@@ -388,13 +393,15 @@ class Daemon:
         self._held = keep
 
     async def _apply_now(self) -> None:
-        assert self.reconciler is not None and self.core is not None
+        assert self.dataplane is not None and self.reconciler is not None
+        assert self.core is not None
         try:
             while True:
                 self._apply_again = False
                 desired = self.desired_interface(self.core.live_members())
+                self._last_desired = desired
                 try:
-                    await self.reconciler.apply(desired)
+                    await self.dataplane.apply_now(desired)
                 except MeshError as exc:
                     log.warning("applying membership change to %s: %s", self.config.interface, exc)
                     self.reconciler.trigger()  # its own loop retries with back-off
@@ -489,14 +496,16 @@ class Daemon:
 
     def _update_desired(self) -> None:
         assert self.dataplane is not None and self.core is not None
-        self.dataplane.set_desired(self.desired_interface(self.core.live_members()))
+        desired = self.desired_interface(self.core.live_members())
+        if desired != self._last_desired:  # a pass at 1,000 peers costs ~0.2 s: only on change
+            self._last_desired = desired
+            self.dataplane.set_desired(desired)
 
     async def _desired_loop(self) -> None:
-        """Recompute the desired interface periodically, so that peers whose handshake went
-        stale move on to their next announced endpoint (membership changes apply at once, in
-        `_apply_now`), and the reconciler repairs drift."""
+        """Recompute the desired interface periodically (see ENDPOINT_PERIOD_S); membership
+        changes are applied at once, in `_apply_now`."""
         while True:
-            await asyncio.sleep(RECONCILE_PERIOD_S)
+            await asyncio.sleep(ENDPOINT_PERIOD_S)
             self._update_desired()
 
     # --- persistence and supervision ------------------------------------------------------------

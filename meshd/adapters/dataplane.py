@@ -35,7 +35,7 @@ from meshd.adapters.netlink import (
 from meshd.adapters.reconciler import Reconciler
 from meshd.adapters.resolver import EndpointResolver, ResolveFn, system_resolve
 from meshd.adapters.wireguard import PeerStatus, WireGuardBackend
-from meshd.core.wgplan import MeshInterface, WgDevice
+from meshd.core.wgplan import MeshInterface, Op, WgDevice
 
 log = logging.getLogger(__name__)
 
@@ -73,18 +73,32 @@ class DataPlane:
     ) -> None:
         """New desired state. `named` maps a peer's public key to a (DNS name, port) endpoint;
         those peers get the name's current address (or no endpoint until it resolves)."""
+        self._remember(desired, named)
+        self._push()
+
+    async def apply_now(
+        self, desired: MeshInterface, named: dict[bytes, tuple[str, int]] | None = None
+    ) -> list[Op]:
+        """Like `set_desired`, but apply in this task and return once applied (the daemon holds
+        traffic to new peers until they are in WireGuard). Raises what a pass raises."""
+        self._remember(desired, named)
+        return await self.reconciler.apply(self._resolved(desired))
+
+    def _remember(self, desired: MeshInterface, named: dict[bytes, tuple[str, int]] | None) -> None:
         self._desired = desired
         self._named = dict(named or {})
         for name, port in set(self._named.values()):
             self.resolver.watch(name, port)
         for name, port in set(self.resolver.watched) - set(self._named.values()):
             self.resolver.unwatch(name, port)
-        self._push()
 
     def _push(self) -> None:
         if self._desired is None:
             return
-        desired = self._desired
+        self.reconciler.set_desired(self._resolved(self._desired))
+
+    def _resolved(self, desired: MeshInterface) -> MeshInterface:
+        """`desired` with named endpoints replaced by their current addresses."""
         if self._named:
             peers = tuple(
                 dataclasses.replace(p, endpoint=self.resolver.endpoint(*self._named[p.public_key]))
@@ -94,7 +108,7 @@ class DataPlane:
             )
             device = WgDevice(desired.device.private_key, desired.device.listen_port, peers)
             desired = dataclasses.replace(desired, device=device)
-        self.reconciler.set_desired(desired)
+        return desired
 
     def _on_resolved(self, name: str, port: int, endpoint: tuple[str, int]) -> None:
         self._push()

@@ -16,20 +16,25 @@ from meshd.meshlab import MESHD_PORT, MeshLab
 pytestmark = pytest.mark.netns
 
 FLOOD = """
-import os, random, socket, sys
-host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+import os, random, socket, sys, time
+host, port, count, rate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 rng = random.Random(1)
 s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+start = time.monotonic()
 for i in range(count):
     body = os.urandom(rng.randrange(0, 1500))
     s.sendto(body if i % 2 else b"MD\\x01" + body[:1400], (host, port))
+    if rate and i % 100 == 99:
+        time.sleep(max(0.0, start + (i + 1) / rate - time.monotonic()))
 """
 
 
-def membership(status: dict[str, object]) -> list[tuple[object, object, object]]:
+def membership(status: dict[str, object]) -> list[tuple[object, bool, object]]:
+    """(name, still a member, announcement version) of every peer. A flooding member may be
+    *suspected* meanwhile (its own acks drown in its flood): loss, not junk being believed."""
     peers = status["peers"]
     assert isinstance(peers, list)
-    return sorted((p["name"], p["state"], p["version"]) for p in peers)
+    return sorted((p["name"], p["state"] in ("alive", "suspect"), p["version"]) for p in peers)
 
 
 def metric_sum(metrics: str, prefix: str) -> float:
@@ -59,9 +64,15 @@ async def test_junk_on_both_ports_changes_nothing(run_prefix: str, tmp_path: Pat
             metric_sum(metrics, RECEIVED),
         )
 
-        for address in (str(target.host.underlay_v6.ip), target.overlay_v6):
+        # Paced at 1,000 datagrams/s: this test is about content (nothing junk says is
+        # believed). Flooding faster on this 2-core machine starves nodes into suspicion, a
+        # denial-of-service matter (rate limits, suspicion floor) for the reliability suite.
+        for address, rate in (
+            (str(target.host.underlay_v6.ip), "1000"),
+            (target.overlay_v6, "1000"),
+        ):
             await attacker.host.run(
-                sys.executable, "-c", FLOOD, address, str(MESHD_PORT), "5000", within=60
+                sys.executable, "-c", FLOOD, address, str(MESHD_PORT), "5000", rate, within=60
             )
 
         after = await target.status()
@@ -73,7 +84,7 @@ async def test_junk_on_both_ports_changes_nothing(run_prefix: str, tmp_path: Pat
         metrics = await target.client.metrics()
         rejected = metric_sum(metrics, REJECTED) - rejected_before
         received = metric_sum(metrics, RECEIVED) - received_before
-        assert rejected >= 1000
+        assert rejected >= 5000
         assert received - rejected < 200
-        await mesh.wait_full_mesh(nodes, within=10)  # still a healthy mesh
+        await mesh.wait_full_mesh(nodes, within=20)  # whole again: every peer alive
         assert target.running
