@@ -135,6 +135,9 @@ class DataPlane:
     async def start(self) -> None:
         if self._desired is None:
             raise RuntimeError("starting the data plane: set_desired() first")
+        # Resolve names before the first pass: configuring a peer without its endpoint first
+        # costs a failed handshake attempt.
+        await self.resolver.refresh_all(force=True)
         self.monitor = NetlinkMonitor(self._desired.name, self.netns)
         self._tasks = [
             asyncio.create_task(self.reconciler.run(), name="reconciler"),

@@ -143,7 +143,8 @@ class Reconciler:
         for _ in range(passes):
             ops = await self.apply(desired)
             if not ops:
-                self.converged.set()
+                if not self._wake.is_set():  # a pending trigger means "not known converged"
+                    self.converged.set()
                 return done
             done += ops
         raise ReconcileError(

@@ -14,16 +14,17 @@ pyproject.toml pins pyroute2 to 0.9.x; tests/netns/test_rtnl.py runs it under uv
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import ipaddress
 import os
 import socket
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 from pyroute2 import AsyncIPRoute
-from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink.core import CoreDatagramProtocol
 from pyroute2.netlink.generic.wireguard import WG_GENL_NAME, AsyncWireGuard, wgmsg
 from pyroute2.netlink.rtnl import (
@@ -108,16 +109,69 @@ def _setup_reader_endpoint(nlsock: Any) -> None:
     nlsock.local.transport, nlsock.local.protocol = transport, protocol
 
 
-class IPRoute(AsyncIPRoute):  # type: ignore[misc]
-    """`pyroute2.AsyncIPRoute` with the uvloop-safe receive path."""
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def socket_in_netns(netns: str, family: int, kind: int, proto: int) -> socket.socket:
+    """A socket created inside the network namespace `netns` (as `ip netns` names it).
+
+    pyroute2 enters a namespace by forking a child that hands the socket back; pyroute2 then
+    SIGTERMs the child, and the child shares the event loop's signal wake-up fd, so the *parent*
+    loop sees a SIGTERM (a daemon with a SIGTERM handler would shut down; reproduced with uvloop
+    and asyncio, tests/netns/test_netlink.py). Instead, a short-lived thread calls setns(2) on
+    itself (namespaces are per thread), creates the socket and exits: no fork, no signal, ~0.1 ms.
+    A missing namespace is an error (FileNotFoundError), never created.
+    """
+    if not netns or "/" in netns or netns in (".", ".."):
+        raise ValueError(f"bad network namespace name {netns!r}")
+    result: list[socket.socket | BaseException] = []
+
+    def enter_and_create() -> None:
+        try:
+            with open(f"/run/netns/{netns}", "rb") as handle:
+                if _libc.setns(handle.fileno(), _CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"entering network namespace {netns}: {os.strerror(err)}")
+            result.append(socket.socket(family, kind, proto))
+        except BaseException as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=enter_and_create, name=f"setns-{netns}")
+    thread.start()
+    thread.join()
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]
+
+
+class _NetnsSocket:
+    """Mixin: pyroute2 socket created by `socket_in_netns` instead of pyroute2's fork."""
+
+    meshd_netns: str | None = None
+
+    def setup_socket(self) -> socket.socket:
+        if self.meshd_netns is None:
+            return super().setup_socket()  # type: ignore[misc,no-any-return]
+        status: Any = self.status  # type: ignore[attr-defined]
+        spec: Any = self.spec  # type: ignore[attr-defined]
+        sock = socket_in_netns(self.meshd_netns, socket.AF_NETLINK, socket.SOCK_DGRAM,
+                               spec["family"])  # fmt: skip
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, status["sndbuf"])
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, status["rcvbuf"])
+        return sock
+
+
+class IPRoute(_NetnsSocket, AsyncIPRoute):  # type: ignore[misc]
+    """`pyroute2.AsyncIPRoute` with the uvloop-safe receive path and fork-free namespaces."""
 
     async def setup_endpoint(self) -> None:
         _setup_reader_endpoint(self)
 
 
-class WireGuardGenl(AsyncWireGuard):  # type: ignore[misc]
+class WireGuardGenl(_NetnsSocket, AsyncWireGuard):  # type: ignore[misc]
     """`pyroute2.AsyncWireGuard` (kernel WireGuard, generic netlink) with the uvloop-safe
-    receive path."""
+    receive path and fork-free namespaces."""
 
     async def setup_endpoint(self) -> None:
         if getattr(self.local, "transport", None) is not None:
@@ -134,17 +188,18 @@ async def collect(result: Any) -> list[Any]:
 
 
 def open_iproute(netns: str | None = None, groups: int = 0, rcvbuf: int = RCVBUF) -> IPRoute:
-    """An rtnetlink socket in `netns` (None: ours). `flags=0` because pyroute2's default flag
-    silently *creates* a missing namespace; here a missing one is an error."""
-    if netns is None:
-        return IPRoute(rcvbuf=rcvbuf, groups=groups)
-    return IPRoute(netns=netns, flags=0, rcvbuf=rcvbuf, groups=groups)
+    """An rtnetlink socket in `netns` (None: ours). The socket is made on first use; a missing
+    namespace is an error then (pyroute2's own `netns=` would silently create it unless
+    `flags=0`, and forks: see `socket_in_netns`)."""
+    ipr = IPRoute(rcvbuf=rcvbuf, groups=groups)
+    ipr.meshd_netns = netns
+    return ipr
 
 
 def open_wireguard_genl(netns: str | None = None) -> WireGuardGenl:
-    if netns is None:
-        return WireGuardGenl()
-    return WireGuardGenl(netns=netns, flags=0)
+    wg = WireGuardGenl()
+    wg.meshd_netns = netns
+    return wg
 
 
 # --- fast route dump ---------------------------------------------------------------------------
@@ -213,15 +268,11 @@ def parse_route_messages(data: bytes) -> tuple[list[RouteEntry], bool]:
 
 
 def open_route_socket(netns: str | None = None) -> socket.socket:
-    """A raw rtnetlink socket for `dump_routes`, in `netns` (None: ours). Keep it: opening one
-    in a namespace costs ~10 ms (a fork to enter it); flags=0 never creates the namespace."""
+    """A raw rtnetlink socket for `dump_routes` and `change_routes`, in `netns` (None: ours)."""
     if netns is None:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
     else:
-        sock = pyroute2_netns.create_socket(
-            netns=netns, family=socket.AF_NETLINK, socket_type=socket.SOCK_RAW,
-            proto=socket.NETLINK_ROUTE, flags=0,
-        )  # fmt: skip
+        sock = socket_in_netns(netns, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
     sock.setblocking(False)
     sock.bind((0, 0))

@@ -277,7 +277,13 @@ def plan_device(desired: WgDevice, actual: WgDevice | None) -> list[WgOp]:
         if key not in have:
             ops.append(AddPeer(peer))
         elif not peer.same_config(have[key]):
-            ops.append(UpdatePeer(peer))
+            if have[key].endpoint is None and peer.endpoint is not None:
+                # A peer that never had an endpoint has no session to lose, but WireGuard
+                # already failed a handshake for it and waits REKEY_TIMEOUT (5 s) before the
+                # next one. Re-creating the peer lets the first packet start a handshake now.
+                ops += [RemovePeer(key), AddPeer(peer)]
+            else:
+                ops.append(UpdatePeer(peer))
     return ops
 
 

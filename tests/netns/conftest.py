@@ -93,8 +93,12 @@ class Running:
         for i, n in enumerate(self.nodes):
             self._tasks.append(asyncio.create_task(n.reconciler.run()))
             self._tasks.append(asyncio.create_task(self._watch(i)))
+        # Start measuring only when both loops are idle: otherwise the reconciler's first pass
+        # may repair drift before the monitor reports it.
         for m in self.monitors:
             await asyncio.wait_for(m.ready.wait(), 5)
+        for n in self.nodes:
+            await asyncio.wait_for(n.reconciler.converged.wait(), 5)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import signal
 import subprocess
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from meshd.adapters.netlink import (
     UnderlayAddressesChanged,
     UnderlayLinkChanged,
 )
-from meshd.adapters.rtnl import collect, open_iproute
+from meshd.adapters.rtnl import collect, open_iproute, open_route_socket
 from meshd.core.wgplan import MESHD_ROUTE_PROTO
 from meshd.lab import Lab, wait_for
 
@@ -122,3 +123,20 @@ async def test_monitor_survives_enobufs(lab3: Lab) -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_namespaced_sockets_send_no_signals_to_the_loop(lab3: Lab) -> None:
+    # pyroute2's own netns support forks a child and SIGTERMs it; the child shares the loop's
+    # signal wake-up fd, so the daemon's SIGTERM handler fired. socket_in_netns does not fork.
+    received: list[str] = []
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, lambda: received.append("SIGTERM"))
+    try:
+        for _ in range(3):
+            async with open_iproute(lab3[0].netns) as ipr:
+                await ipr.link("dump")
+            open_route_socket(lab3[0].netns).close()
+        await asyncio.sleep(0.05)  # a stray signal would be delivered by now
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+    assert received == []

@@ -105,6 +105,12 @@ CASES: list[tuple[str, MeshInterface, MeshInterface | None, list[Op]]] = [
         [UpdatePeer(dataclasses.replace(P1, endpoint=("192.0.2.9", 51820)))],
     ),
     (
+        "first endpoint re-creates the peer (no 5 s handshake back-off)",
+        mesh((P1, dataclasses.replace(P3, endpoint=("192.0.2.3", 4000)))),
+        mesh((P1, P3)),
+        [RemovePeer(K3), AddPeer(dataclasses.replace(P3, endpoint=("192.0.2.3", 4000)))],
+    ),
+    (
         "learned endpoint is not fought",
         mesh((P1, P3)),
         mesh((P1, dataclasses.replace(P3, endpoint=("192.0.2.3", 4000)))),
