@@ -615,9 +615,7 @@ class Daemon:
                     "handshake_age_s": _handshake_age(stats, now),
                     "rx_bytes": stats.rx_bytes if stats else 0,
                     "tx_bytes": stats.tx_bytes if stats else 0,
-                    "rtt_ms": self.core.rtt_ms(ann.node_id)
-                    if hasattr(self.core, "rtt_ms")
-                    else None,
+                    "rtt_ms": _ms(self.core.rtt(ann.node_id)),
                     "prefixes": list(ann.prefixes),
                 }
             )

@@ -65,11 +65,18 @@ async def test_ten_nodes_form_a_full_mesh_and_a_leave_is_seen_by_all(
         f"{a.name}->{b.name}" for (a, b), ok in zip(pairs, results, strict=True) if not ok
     ] == []
 
-    # meshctl status --json on any node: nine alive peers, each with a handshake age.
+    # meshctl status --json on any node: nine alive peers, each with a handshake age, and a
+    # probe round-trip time once the round-robin prober has reached each of them.
     status = await nodes[3].status()
     assert status is not None and status["connected"] is True
     assert len(status["peers"]) == N - 1
     assert all(p["state"] == "alive" and p["handshake_age_s"] >= 0 for p in status["peers"])
+
+    async def rtts_known() -> bool:
+        status = await nodes[3].status()
+        return status is not None and all(p["rtt_ms"] is not None for p in status["peers"])
+
+    await wait_for(rtts_known, 20, "a probe RTT for every peer")
 
     # SIGTERM: a graceful leave, exit 0, and every other node drops it from WireGuard.
     leaver = nodes[5]
