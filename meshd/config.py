@@ -93,7 +93,8 @@ class Config:
     keep_interface: bool = _f(
         False,
         "Leave the interface and routes in place on exit (traffic "
-        "keeps flowing to known peers while meshd restarts).",
+        "keeps flowing to known peers while meshd restarts). Kernel backend only: a "
+        "wireguard-go interface ends with its process.",
     )
     log_level: str = _f("info", "Log level: debug, info, warning, error.")
 
