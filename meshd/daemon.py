@@ -38,7 +38,7 @@ from meshd.adapters.netlink import NetlinkEvent, UnderlayAddressesChanged, Under
 from meshd.adapters.reconciler import Reconciler
 from meshd.adapters.resolver import EndpointResolver
 from meshd.adapters.store import StateStore
-from meshd.adapters.transport import MeshTransport, Received
+from meshd.adapters.transport import UNDERLAY, MeshTransport, Received
 from meshd.adapters.wireguard import PeerStatus, WireGuardBackend, select_backend
 from meshd.config import (
     DEFAULT_CONFIG_PATH,
@@ -53,8 +53,9 @@ from meshd.core.announce import Announcement, AnnouncementVerifier
 from meshd.core.cert import check_revocation, decode_revocation
 from meshd.core.config import MembershipConfig
 from meshd.core.endpoints import STALE_HANDSHAKE_S, EndpointChoice
-from meshd.core.errors import MeshError, RemoteProtocolError
+from meshd.core.errors import MeshError, Reject, RemoteProtocolError
 from meshd.core.identity import key_id
+from meshd.core.ratelimit import SourceRateLimiter
 from meshd.core.wgplan import MeshInterface, WgDevice, WgPeer
 from meshd.core.wire import Channel, MemberState
 from meshd.metrics import Registry
@@ -128,6 +129,8 @@ class Daemon:
         self.reconciler: Reconciler | None = None
         self.dataplane: DataPlane | None = None
         self._last_desired: MeshInterface | None = None
+        self.join_limiter = SourceRateLimiter(rate=10.0, burst=20.0)
+        """Underlay traffic (join requests) per source address, before any signature check."""
         self.seed_resolver = EndpointResolver(self._seed_moved, period=SEED_RESOLVE_PERIOD_S)
         self.transport: MeshTransport | None = None
         self.api: Any = None  # meshd.api.ApiServer, imported late (see start)
@@ -350,6 +353,11 @@ class Daemon:
 
     def _on_message(self, received: Received) -> None:
         if self.core is None:
+            return
+        if received.channel == UNDERLAY and not self.join_limiter.allow(
+            received.source[0], time.monotonic()
+        ):
+            self.m_rejected.inc(reason=Reject.RATE_LIMITED.value)
             return
         self.core.receive(received.data, received.source, self.clock(), Channel(received.channel))
         self._after_core()
