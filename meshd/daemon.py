@@ -23,8 +23,6 @@ import random
 import signal
 import sys
 import time
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -50,7 +48,7 @@ from meshd.config import (
 )
 from meshd.core import membership as ms
 from meshd.core.announce import Announcement, AnnouncementVerifier
-from meshd.core.cert import check_revocation, decode_revocation
+from meshd.core.cert import Certificate, check_revocation, decode_revocation
 from meshd.core.config import MembershipConfig
 from meshd.core.endpoints import STALE_HANDSHAKE_S, EndpointChoice
 from meshd.core.errors import MeshError, Reject, RemoteProtocolError
@@ -94,14 +92,6 @@ class Clock:
         return self._wall + (time.monotonic() - self._mono)
 
 
-@dataclass
-class PeerView:
-    """What the daemon shows about a member (API, metrics)."""
-
-    ann: Announcement
-    state: MemberState
-
-
 class Daemon:
     def __init__(self, config: Config, node: NodeIdentity, *, rng: random.Random | None = None):
         self.config = config
@@ -118,13 +108,14 @@ class Daemon:
         self._last_alive: dict[bytes, bytes] = {}
         """Newest ALIVE announcement of every member, persisted as restart contacts."""
         self._endpoint_choice: dict[bytes, EndpointChoice] = {}
-        self._rejected: Counter[str] = Counter()
         self._tasks: list[asyncio.Task[None]] = []
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._held: list[ms.Transmit] = []
         self._apply_task: asyncio.Task[None] | None = None
         self._apply_again = False
         self._left = False
+        self._leave_spread = asyncio.Event()
+        """Set once our signed leave has been sent its retransmit limit of times."""
         self.backend: WireGuardBackend | None = None
         self.reconciler: Reconciler | None = None
         self.dataplane: DataPlane | None = None
@@ -148,7 +139,7 @@ class Daemon:
             else MembershipConfig.lan()
         )
 
-    def _is_revoked(self, cert: Any) -> bool:
+    def _is_revoked(self, cert: Certificate) -> bool:
         return (cert.ca_key, cert.serial) in self._revoked_serials
 
     def _load_persisted(self, now: float) -> tuple[list[Announcement], list[Any]]:
@@ -322,10 +313,8 @@ class Daemon:
             self._left = True
             self.core.leave(self.clock())
             self._after_core()
-            deadline = time.monotonic() + LEAVE_DEADLINE_S
-            while not self.core.leave_finished and time.monotonic() < deadline:
-                self._timer_changed.set()
-                await asyncio.sleep(0.01)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._leave_spread.wait(), LEAVE_DEADLINE_S)
             log.info("left the mesh (%s)", "announced" if self.core.leave_finished else "deadline")
         return {"message": "left the mesh"}
 
@@ -383,6 +372,8 @@ class Daemon:
             self._apply_task = asyncio.get_running_loop().create_task(self._apply_now())
         busy = self.reconciler is None or not (self._apply_task is None or self._apply_task.done())
         self._send_held(underlay_only=busy)
+        if self._left and self.core.leave_finished:
+            self._leave_spread.set()
         self._timer_changed.set()
 
     def _send_held(self, underlay_only: bool = False) -> None:
@@ -463,8 +454,14 @@ class Daemon:
     # --- the data plane -----------------------------------------------------------------------
 
     def desired_interface(self, live: list[Announcement]) -> MeshInterface:
+        """The whole interface as it should be: our key, port and addresses, and one WireGuard
+        peer per live member with AllowedIPs from its certificate's addresses only (advertised
+        prefixes are routed by the gateway feature, not yet)."""
         now = self.clock()
         peers = []
+        live_ids = {ann.node_id for ann in live}
+        for gone in set(self._endpoint_choice) - live_ids:
+            del self._endpoint_choice[gone]
         for ann in live:
             if ann.node_id == self.node.identity.public:
                 continue
