@@ -344,6 +344,7 @@ class MeshNode:
         self._bootstrap_from: set[bytes] = set()
         self._left = False
         self._underlay_refute_after = -math.inf
+        self._corrected: dict[tuple[str, bytes], float] = {}
 
         stagger = rng.random()  # desynchronise nodes started together
         self._next_probe = now + stagger * config.probe_interval
@@ -636,10 +637,10 @@ class MeshNode:
 
     def _flush_fresh(self) -> None:
         """Eager forwarding: fresh news goes at once to `eager_fanout` random members."""
-        if not self._fresh:
-            return
         items, self._fresh = self._fresh, []
         exclude, self._fresh_exclude = self._fresh_exclude, set()
+        if not items:
+            return
         batches: list[tuple[Item, ...]] = []
         batch: list[Item] = []
         size = 8
@@ -843,6 +844,8 @@ class MeshNode:
         if node_id == self.node_id:
             if version >= self._me.version and not self._left:
                 self._refute(version, now)
+            elif version < self._me.version:
+                self._correct(source, self._me, now)
             return
         m = self._members.get(node_id)
         if m is None:
@@ -850,6 +853,7 @@ class MeshNode:
             return
         if version < m.version:
             self._reject(Reject.STALE, source, f"suspect {version} < {m.version}")
+            self._correct(source, m.ann, now)
             return
         if m.state is MemberState.SUSPECT and m.suspicion is not None:
             if m.suspicion.confirm(sender):
@@ -878,6 +882,8 @@ class MeshNode:
         if node_id == self.node_id:
             if version >= self._me.version and not self._left:
                 self._refute(version, now)
+            elif version < self._me.version:
+                self._correct(source, self._me, now)
             return
         m = self._members.get(node_id)
         if m is None:
@@ -885,6 +891,7 @@ class MeshNode:
             return
         if version < m.version:
             self._reject(Reject.STALE, source, f"dead {version} < {m.version}")
+            self._correct(source, m.ann, now)
             return
         if m.state not in _LIVE:
             self.stats["duplicates"] += 1
@@ -892,6 +899,26 @@ class MeshNode:
         self._make_dead(node_id, m, MemberState.DEAD, now)
         self._events.append(PeerDead(m.ann))
         self._broadcast(node_id, DeadItem(node_id, m.version, sender))
+
+    def _correct(self, source: Address, ann: Announcement, now: float) -> None:
+        """A member gossips a claim about an old version: send it the newer announcement.
+
+        Dissemination is probabilistic: a node can hold a suspicion while every copy of the
+        refutation missed it (about e^-10 per node per refutation at N=100, 10 % loss), and its
+        timer would then declare a live node dead. Its own gossip of the stale claim reaches
+        nodes that know better; they answer it directly. Rate-limited per (source, node) so a
+        replayed flood cannot turn us into an amplifier."""
+        if not source[0] or self._sender(source) is None:
+            return
+        key = (source[0], ann.node_id)
+        if self._corrected.get(key, -math.inf) > now:
+            return
+        if len(self._corrected) > 4096:
+            self._corrected = {k: t for k, t in self._corrected.items() if t > now}
+        self._corrected[key] = now + self.config.probe_interval
+        self.stats["corrections"] += 1
+        self._send((source[0], source[1]), wire.encode(wire.Gossip((AnnounceItem(ann.raw),))),
+                   Channel.OVERLAY)  # fmt: skip
 
     def _on_revocation(self, raw: bytes, source: Address, now: float) -> None:
         try:
@@ -982,6 +1009,10 @@ class MeshNode:
         self._health = max(0, min(self._health + delta, self.config.awareness_max - 1))
         self.stats["probe_failures"] += 1
         self._on_suspect(p.target, m.version, self.node_id, now)
+        # Lifeguard IV-C buddy system, at once: tell the suspect itself so it can refute even
+        # when every gossiped copy misses it (the probe round may not reach it before timeout).
+        claim = SuspectItem(p.target, m.version, self.node_id)
+        self._send(m.address, wire.encode(wire.Gossip((claim,))), Channel.OVERLAY)
 
     def _on_ack(self, seq: int) -> None:
         p = self._probe
