@@ -703,6 +703,8 @@ class MeshNode:
         """Someone believes we are suspect/dead (or holds a newer announcement of ours, after we
         lost state): sign a higher version (SWIM 4.2). Being suspected hints that our own link
         is bad, so local health worsens (Lifeguard IV-A)."""
+        if claimed_version >= wire.MAX_VERSION:
+            return  # cannot outrank it; only reachable with an announcement we signed
         self.stats["refutations"] += 1
         self._health = min(self._health + 1, self.config.awareness_max - 1)
         self._resign(now, at_least=claimed_version + 1)
@@ -842,10 +844,14 @@ class MeshNode:
         self, node_id: bytes, version: int, sender: bytes, now: float, source: Address = ("", 0)
     ) -> None:
         if node_id == self.node_id:
-            if version >= self._me.version and not self._left:
+            if version == self._me.version and not self._left:
                 self._refute(version, now)
             elif version < self._me.version:
                 self._correct(source, self._me, now)
+            else:
+                # An unsigned claim about a version we never signed: believing it would let a
+                # member push our version to the end of its range.
+                self._reject(Reject.CONFLICT, source, "suspect claim about our future version")
             return
         m = self._members.get(node_id)
         if m is None:
@@ -880,10 +886,14 @@ class MeshNode:
         self, node_id: bytes, version: int, sender: bytes, now: float, source: Address = ("", 0)
     ) -> None:
         if node_id == self.node_id:
-            if version >= self._me.version and not self._left:
+            if version == self._me.version and not self._left:
                 self._refute(version, now)
             elif version < self._me.version:
                 self._correct(source, self._me, now)
+            else:
+                # An unsigned claim about a version we never signed: believing it would let a
+                # member push our version to the end of its range.
+                self._reject(Reject.CONFLICT, source, "dead claim about our future version")
             return
         m = self._members.get(node_id)
         if m is None:
@@ -1099,7 +1109,7 @@ class MeshNode:
         m = self._members[ann.node_id]
         if (
             msg.requester_state in (MemberState.SUSPECT, MemberState.DEAD)
-            and msg.requester_version >= self._me.version
+            and msg.requester_version == self._me.version
             and not self._left
         ):
             self._refute(msg.requester_version, now)
@@ -1146,11 +1156,13 @@ class MeshNode:
         for e in digest:
             remote[e.node_id] = e
             if e.node_id == self.node_id:
-                if not self._left and (
-                    e.version > self._me.version
-                    or (e.version == self._me.version and e.state in (MemberState.SUSPECT,
-                                                                      MemberState.DEAD))
-                ):  # fmt: skip
+                # Only a claim about our current version; a newer one of ours arrives signed
+                # (as an announcement in the reply) and is refuted on that path.
+                if (
+                    not self._left
+                    and e.version == self._me.version
+                    and e.state in (MemberState.SUSPECT, MemberState.DEAD)
+                ):
                     self._refute(e.version, now)
                 continue
             m = self._members.get(e.node_id)

@@ -366,3 +366,17 @@ def test_eager_forwarding_survives_quiet_traffic() -> None:
               lab.source_of(2, Channel.OVERLAY), NOW)  # fmt: skip
     eager = {lab.index_of(t.destination[0]) for t in a.datagrams_to_send()}
     assert eager == {1, 3}  # everyone but the sender of the news
+
+
+def test_unsigned_claim_about_our_future_version_is_refused() -> None:
+    # A member must not be able to push our version to the end of its range (or make the
+    # refutation overflow and raise out of receive).
+    lab = Lab(2)
+    a, b = lab.converged(2)
+    v = a.announcement.version
+    src = lab.source_of(1, Channel.OVERLAY)
+    for claim in (SuspectItem(a.node_id, wire.MAX_VERSION, b.node_id),
+                  DeadItem(a.node_id, v + 1, b.node_id)):  # fmt: skip
+        a.receive(gossip(claim), src, NOW)
+    assert a.events() == [MessageRejected(Reject.CONFLICT, src)] * 2
+    assert a.announcement.version == v
