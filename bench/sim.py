@@ -25,6 +25,21 @@ from tests.sim.simnet import SimNet
 WIRE_OVERHEAD = 108
 
 
+# Measured: ~350 MB of records for 1,000 nodes (10^6 records).
+BYTES_PER_RECORD = 350
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 2**63
+
+
 def _until(net: SimNet, cond: Callable[[], bool], limit: float) -> float:
     t0 = net.now
     if not net.run_for(limit, cond):
@@ -146,6 +161,15 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.nodes < 30:
         print("bench sim: --nodes must be at least 30", file=sys.stderr)
+        return 2
+    need = args.nodes**2 * BYTES_PER_RECORD
+    if need > _available_memory():
+        print(
+            f"bench sim: {args.nodes} nodes need about {need / 2**30:.0f} GiB (every simulated "
+            f"node holds all {args.nodes} records, ~{BYTES_PER_RECORD} bytes each in Python); "
+            f"only {_available_memory() / 2**30:.0f} GiB available. See docs/membership.md.",
+            file=sys.stderr,
+        )
         return 2
     result = run(args.nodes, args.trials, args.seed, args.loss_seconds)
     if args.json:
