@@ -346,6 +346,7 @@ class MeshNode:
         self._bootstrap_from: set[bytes] = set()
         self._left = False
         self._underlay_refute_after = -math.inf
+        self._corrected: dict[tuple[str, bytes], float] = {}
 
         stagger = rng.random()  # desynchronise nodes started together
         self._next_probe = now + stagger * config.probe_interval
@@ -644,10 +645,10 @@ class MeshNode:
 
     def _flush_fresh(self) -> None:
         """Eager forwarding: fresh news goes at once to `eager_fanout` random members."""
-        if not self._fresh:
-            return
         items, self._fresh = self._fresh, []
         exclude, self._fresh_exclude = self._fresh_exclude, set()
+        if not items:
+            return
         batches: list[tuple[Item, ...]] = []
         batch: list[Item] = []
         size = 8
@@ -710,6 +711,8 @@ class MeshNode:
         """Someone believes we are suspect/dead (or holds a newer announcement of ours, after we
         lost state): sign a higher version (SWIM 4.2). Being suspected hints that our own link
         is bad, so local health worsens (Lifeguard IV-A)."""
+        if claimed_version >= wire.MAX_VERSION:
+            return  # cannot outrank it; only reachable with an announcement we signed
         self.stats["refutations"] += 1
         self._health = min(self._health + 1, self.config.awareness_max - 1)
         self._resign(now, at_least=claimed_version + 1)
@@ -849,8 +852,14 @@ class MeshNode:
         self, node_id: bytes, version: int, sender: bytes, now: float, source: Address = ("", 0)
     ) -> None:
         if node_id == self.node_id:
-            if version >= self._me.version and not self._left:
+            if version == self._me.version and not self._left:
                 self._refute(version, now)
+            elif version < self._me.version:
+                self._correct(source, self._me, now)
+            else:
+                # An unsigned claim about a version we never signed: believing it would let a
+                # member push our version to the end of its range.
+                self._reject(Reject.CONFLICT, source, "suspect claim about our future version")
             return
         m = self._members.get(node_id)
         if m is None:
@@ -858,6 +867,7 @@ class MeshNode:
             return
         if version < m.version:
             self._reject(Reject.STALE, source, f"suspect {version} < {m.version}")
+            self._correct(source, m.ann, now)
             return
         if m.state is MemberState.SUSPECT and m.suspicion is not None:
             if m.suspicion.confirm(sender):
@@ -884,8 +894,14 @@ class MeshNode:
         self, node_id: bytes, version: int, sender: bytes, now: float, source: Address = ("", 0)
     ) -> None:
         if node_id == self.node_id:
-            if version >= self._me.version and not self._left:
+            if version == self._me.version and not self._left:
                 self._refute(version, now)
+            elif version < self._me.version:
+                self._correct(source, self._me, now)
+            else:
+                # An unsigned claim about a version we never signed: believing it would let a
+                # member push our version to the end of its range.
+                self._reject(Reject.CONFLICT, source, "dead claim about our future version")
             return
         m = self._members.get(node_id)
         if m is None:
@@ -893,6 +909,7 @@ class MeshNode:
             return
         if version < m.version:
             self._reject(Reject.STALE, source, f"dead {version} < {m.version}")
+            self._correct(source, m.ann, now)
             return
         if m.state not in _LIVE:
             self.stats["duplicates"] += 1
@@ -900,6 +917,26 @@ class MeshNode:
         self._make_dead(node_id, m, MemberState.DEAD, now)
         self._events.append(PeerDead(m.ann))
         self._broadcast(node_id, DeadItem(node_id, m.version, sender))
+
+    def _correct(self, source: Address, ann: Announcement, now: float) -> None:
+        """A member gossips a claim about an old version: send it the newer announcement.
+
+        Dissemination is probabilistic: a node can hold a suspicion while every copy of the
+        refutation missed it (about e^-10 per node per refutation at N=100, 10 % loss), and its
+        timer would then declare a live node dead. Its own gossip of the stale claim reaches
+        nodes that know better; they answer it directly. Rate-limited per (source, node) so a
+        replayed flood cannot turn us into an amplifier."""
+        if not source[0] or self._sender(source) is None:
+            return
+        key = (source[0], ann.node_id)
+        if self._corrected.get(key, -math.inf) > now:
+            return
+        if len(self._corrected) > 4096:
+            self._corrected = {k: t for k, t in self._corrected.items() if t > now}
+        self._corrected[key] = now + self.config.probe_interval
+        self.stats["corrections"] += 1
+        self._send((source[0], source[1]), wire.encode(wire.Gossip((AnnounceItem(ann.raw),))),
+                   Channel.OVERLAY)  # fmt: skip
 
     def _on_revocation(self, raw: bytes, source: Address, now: float) -> None:
         try:
@@ -990,6 +1027,10 @@ class MeshNode:
         self._health = max(0, min(self._health + delta, self.config.awareness_max - 1))
         self.stats["probe_failures"] += 1
         self._on_suspect(p.target, m.version, self.node_id, now)
+        # Lifeguard IV-C buddy system, at once: tell the suspect itself so it can refute even
+        # when every gossiped copy misses it (the probe round may not reach it before timeout).
+        claim = SuspectItem(p.target, m.version, self.node_id)
+        self._send(m.address, wire.encode(wire.Gossip((claim,))), Channel.OVERLAY)
 
     def _on_ack(self, seq: int, now: float) -> None:
         p = self._probe
@@ -1082,7 +1123,7 @@ class MeshNode:
         m = self._members[ann.node_id]
         if (
             msg.requester_state in (MemberState.SUSPECT, MemberState.DEAD)
-            and msg.requester_version >= self._me.version
+            and msg.requester_version == self._me.version
             and not self._left
         ):
             self._refute(msg.requester_version, now)
@@ -1129,11 +1170,13 @@ class MeshNode:
         for e in digest:
             remote[e.node_id] = e
             if e.node_id == self.node_id:
-                if not self._left and (
-                    e.version > self._me.version
-                    or (e.version == self._me.version and e.state in (MemberState.SUSPECT,
-                                                                      MemberState.DEAD))
-                ):  # fmt: skip
+                # Only a claim about our current version; a newer one of ours arrives signed
+                # (as an announcement in the reply) and is refuted on that path.
+                if (
+                    not self._left
+                    and e.version == self._me.version
+                    and e.state in (MemberState.SUSPECT, MemberState.DEAD)
+                ):
                     self._refute(e.version, now)
                 continue
             m = self._members.get(e.node_id)

@@ -96,6 +96,8 @@ class SimNet:
         self.stats = SimStats()
         self.rejected: Counter[str] = Counter()
         self.recorded: list[Recorded] = []
+        self.event_count = 0
+        """Events emitted by all cores so far (recorded or not)."""
         self.tap: list[tuple[int, bytes, tuple[str, int], Channel]] | None = None
         """When a list: every delivered message is appended (for replay attacks)."""
         self._record = record or (lambda e: not isinstance(e, MessageRejected))
@@ -202,6 +204,7 @@ class SimNet:
         for tx in core.datagrams_to_send():
             self._transmit(h, tx.destination, tx.data, tx.channel)
         for event in core.events():
+            self.event_count += 1
             if isinstance(event, MessageRejected):
                 self.rejected[event.reason.value] += 1
             if self._record(event):
@@ -271,9 +274,9 @@ class SimNet:
                 h.core.receive(data, source, when, ch)  # type: ignore[union-attr]
                 self._after(j)
             # State changes come with events, so the (often O(N)) condition is only re-checked
-            # after something was recorded.
-            if stop is not None and len(self.recorded) != seen:
-                seen = len(self.recorded)
+            # after some core emitted an event.
+            if stop is not None and self.event_count != seen:
+                seen = self.event_count
                 if stop():
                     return True
         self.now = max(self.now, t)

@@ -360,3 +360,50 @@ def test_direct_probe_round_trip_is_measured_and_smoothed() -> None:
     # First sample taken as is; the next one moves the estimate by 1/8 of the difference.
     assert samples[0] == pytest.approx(0.004, abs=1e-6)  # Unix-time floats: microseconds
     assert samples[1] == pytest.approx(0.004 + (0.012 - 0.004) / 8, abs=1e-6)
+
+
+def test_stale_claim_is_answered_with_the_newer_announcement_once() -> None:
+    # Regression (bench sim, N=100, 10 % loss): a node that held a suspicion but missed every
+    # copy of the refutation declared a live node dead. Whoever sees its stale claim corrects it.
+    lab = Lab(3)
+    a, b, c = lab.converged(3)
+    old = c.announcement.version
+    new = c.update_self(NOW, endpoints=[("192.0.2.3", 51820)])
+    src = lab.source_of(1, Channel.OVERLAY)
+    a.receive(gossip(AnnounceItem(new.raw)), lab.source_of(2, Channel.OVERLAY), NOW)
+    a.events()
+    a.datagrams_to_send()
+    for _ in range(3):  # a burst of the same stale claim: one answer per probe interval
+        a.receive(gossip(SuspectItem(c.node_id, old, b.node_id)), src, NOW)
+    assert a.events() == [MessageRejected(Reject.STALE, src)] * 3
+    assert [(t.destination, wire.decode(t.data, t.channel)) for t in a.datagrams_to_send()] == [
+        (src, Gossip((AnnounceItem(new.raw),)))
+    ]
+
+
+def test_eager_forwarding_survives_quiet_traffic() -> None:
+    # Regression: the "don't send news back to its sender" set was only cleared when there
+    # was news, so after some pings it held every member and eager forwarding went nowhere.
+    lab = Lab(4)
+    a, _b, c, d = lab.converged(4)
+    for i in (1, 2, 3):
+        a.receive(wire.encode(wire.Ping(i)), lab.source_of(i, Channel.OVERLAY), NOW)
+    a.datagrams_to_send()
+    a.receive(gossip(SuspectItem(d.node_id, d.announcement.version, c.node_id)),
+              lab.source_of(2, Channel.OVERLAY), NOW)  # fmt: skip
+    eager = {lab.index_of(t.destination[0]) for t in a.datagrams_to_send()}
+    assert eager == {1, 3}  # everyone but the sender of the news
+
+
+def test_unsigned_claim_about_our_future_version_is_refused() -> None:
+    # A member must not be able to push our version to the end of its range (or make the
+    # refutation overflow and raise out of receive).
+    lab = Lab(2)
+    a, b = lab.converged(2)
+    v = a.announcement.version
+    src = lab.source_of(1, Channel.OVERLAY)
+    for claim in (SuspectItem(a.node_id, wire.MAX_VERSION, b.node_id),
+                  DeadItem(a.node_id, v + 1, b.node_id)):  # fmt: skip
+        a.receive(gossip(claim), src, NOW)
+    assert a.events() == [MessageRejected(Reject.CONFLICT, src)] * 2
+    assert a.announcement.version == v
