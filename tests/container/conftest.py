@@ -31,6 +31,19 @@ def _why_podman_cannot_run() -> str | None:
         return "container tests need rootful podman (wireguard-go needs /dev/net/tun and NET_ADMIN)"
     if not os.path.exists("/dev/net/tun"):
         return "/dev/net/tun is missing on this host"
+    with tempfile.TemporaryDirectory() as conf_dir:
+        try:
+            info = subprocess.run(
+                ["podman", "info", "--format", "{{.Host.OCIRuntime.Name}}"],
+                env=podman_env(Path(conf_dir)),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        except subprocess.TimeoutExpired:
+            return "podman cannot run here: `podman info` hung for 60 s"
+    if info.returncode != 0:
+        return f"podman cannot run here: `podman info` failed: {info.stderr.strip()[-300:]}"
     return None
 
 
