@@ -123,9 +123,10 @@ class Podman:
         return result.stdout + result.stderr
 
     async def cleanup(self) -> None:
-        """Remove every container and network this object made, whatever state they are in."""
+        """Remove every container (with its anonymous volumes: the image declares
+        VOLUME /var/lib/meshd) and network this object made, whatever state they are in."""
         for name in reversed(self.containers):
-            await self("rm", "-f", "-t", "2", name, check=False)
+            await self("rm", "-f", "-v", "-t", "2", name, check=False)
         for name in reversed(self.networks):
             await self("network", "rm", "-f", name, check=False)
         self.containers.clear()

@@ -112,6 +112,7 @@ async def test_three_containers_mesh_ping_health_sidecar_and_graceful_stop(
     start_stop = time.monotonic()
     await podman("stop", containers["charlie"], within=30)
     stop_took = time.monotonic() - start_stop
+    print(f"podman stop took {stop_took:.2f} s")
     inspect = json.loads((await podman("inspect", containers["charlie"])).stdout)[0]
     assert inspect["State"]["ExitCode"] == 0, await podman.logs(containers["charlie"])
     assert stop_took < 5, f"podman stop took {stop_took:.1f} s"
