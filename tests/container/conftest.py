@@ -169,7 +169,12 @@ def images(run_prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     meshd = f"localhost/{run_prefix}-meshd:test"
     systemd = f"localhost/{run_prefix}-meshd-systemd:test"
     try:
-        for argv in (["docker/build", meshd], ["docker/build", "--systemd", systemd]):
+        steps = (
+            ["docker/build", "--bases"],  # both debootstraps side by side; cached after that
+            ["docker/build", meshd],
+            ["docker/build", "--systemd", systemd],
+        )
+        for argv in steps:
             start = time.monotonic()
             done = subprocess.run(
                 argv,
