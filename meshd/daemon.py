@@ -313,9 +313,15 @@ class Daemon:
             self._left = True
             self.core.leave(self.clock())
             self._after_core()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._leave_spread.wait(), LEAVE_DEADLINE_S)
-            log.info("left the mesh (%s)", "announced" if self.core.leave_finished else "deadline")
+            if self.core.live_members():  # with nobody to tell, there is nothing to wait for
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._leave_spread.wait(), LEAVE_DEADLINE_S)
+            log.info(
+                "left the mesh (%s)",
+                "announced"
+                if self.core.leave_finished or not self.core.live_members()
+                else "deadline",
+            )
         return {"message": "left the mesh"}
 
     async def stop(self) -> None:

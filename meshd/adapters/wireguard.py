@@ -306,7 +306,10 @@ class UserspaceBackend:
         return self._clients[ifname]
 
     def _argv(self, ifname: str) -> list[str]:
-        private = self.socket_dir != DEFAULT_SOCKET_DIR
+        # /var/run is a symlink to /run on current distributions: compare where the paths
+        # lead, or "/run/wireguard" would be taken for a private directory and need a mount
+        # namespace (CAP_SYS_ADMIN, which the systemd unit does not grant).
+        private = self.socket_dir.resolve() != DEFAULT_SOCKET_DIR.resolve()
         if self.netns is None and not private:
             return [self.binary, "-f", ifname]
         if not private:

@@ -91,3 +91,16 @@ def test_errors_describe_without_keys() -> None:
     text = describe([SetPrivateKey(K1), AddPeer(WgPeer(K2, None, (), PSK))])
     assert text == "private key and 1 peer(s)"
     assert K1.hex() not in text and PSK.hex() not in text
+
+
+def test_run_wireguard_is_the_default_socket_dir_not_a_private_one() -> None:
+    # /var/run -> /run: the systemd unit's /run/wireguard must not need a mount namespace
+    # (unshare needs CAP_SYS_ADMIN, which the unit does not grant).
+    from pathlib import Path
+
+    from meshd.adapters.wireguard import UserspaceBackend
+
+    argv = UserspaceBackend(socket_dir=Path("/run/wireguard"))._argv("mesh0")
+    assert argv[1:] == ["-f", "mesh0"]
+    private = UserspaceBackend(socket_dir=Path("/tmp/meshd-x/wg"))._argv("mesh0")
+    assert private[0] == "unshare"
