@@ -70,5 +70,9 @@ def test_suspicion_ignores_repeated_senders_and_k0_uses_minimum() -> None:
 
 def test_lan_suspicion_bounds() -> None:
     cfg = MembershipConfig.lan()
-    assert cfg.suspicion_bounds(1000) == pytest.approx((1.5, 6.0))
-    assert cfg.suspicion_bounds(5) == pytest.approx((0.5, 2.0))
+    # Lifeguard's minimum (mult * log10(N) * interval) under a 2 s floor (real daemons stall).
+    assert cfg.suspicion_bounds(5) == pytest.approx((2.0, 8.0))
+    assert cfg.suspicion_bounds(1000) == pytest.approx((2.0, 8.0))
+    assert cfg.suspicion_bounds(100_000) == pytest.approx((2.5, 10.0))
+    # The simulation preset has no floor.
+    assert MembershipConfig.local().suspicion_bounds(5) == pytest.approx((0.1, 0.4))
