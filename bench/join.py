@@ -115,10 +115,7 @@ async def run(nodes: int, repeat: int) -> dict[str, object]:
         async with Lab(prefix, hosts=nodes) as lab:
             mesh = MeshLab(lab, Path(tmp))
             base = [mesh.add_node(i, seeds=[0] if i else []) for i in range(nodes - 1)]
-            await mesh.start(base[0])
-            await mesh.wait_api(base[0])
-            await asyncio.gather(*(mesh.start(n) for n in base[1:]))
-            await mesh.wait_full_mesh(base, within=120)
+            await mesh.start_mesh(base, within=120)
             # Idle: CPU over 10 s of a converged mesh.
             pids = [n.proc.pid for n in base if n.proc is not None]
             before = {p: cpu_seconds(p) for p in pids}

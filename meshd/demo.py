@@ -72,10 +72,7 @@ async def demo(keep: bool, workdir: Path) -> int:
             )
         say("starting meshd on every host (the others know only alpha as a seed)")
         start = time.monotonic()
-        await mesh.start(nodes[0])
-        await mesh.wait_api(nodes[0])
-        await asyncio.gather(*(mesh.start(n) for n in nodes[1:]))
-        took = await mesh.wait_full_mesh(nodes, within=60)
+        took = await mesh.start_mesh(nodes, within=60)
         print(
             f"full mesh after {time.monotonic() - start:.1f} s "
             f"(every node has every other alive with a WireGuard handshake; "
@@ -104,6 +101,9 @@ async def demo(keep: bool, workdir: Path) -> int:
         say("stopping every node (graceful leave) and removing the hosts")
         codes = await asyncio.gather(*(mesh.stop(n) for n in nodes))
         print(f"meshd exit codes: {list(codes)}")
+        for n, code in zip(nodes, codes, strict=True):
+            if code != 0:
+                print(f"--- {n.name} exited {code}; the end of its log:\n{n.log_tail(40)}")
     ok = not failures and refused and all(c == 0 for c in codes)
     say("demo " + ("passed" if ok else "FAILED"))
     return 0 if ok else 1

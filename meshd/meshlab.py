@@ -169,6 +169,15 @@ class MeshLab:
             log=node.log_path,
         )
 
+    async def start_mesh(self, nodes: list[MeshdNode], within: float = 40.0) -> float:
+        """Start the first node (the seed of the others), wait for its API, start the rest at
+        once, and wait until every node sees every other alive with a handshake. Returns the
+        seconds the last step took."""
+        await self.start(nodes[0])
+        await self.wait_api(nodes[0])
+        await asyncio.gather(*(self.start(n) for n in nodes[1:]))
+        return await self.wait_full_mesh(nodes, within)
+
     async def wait_api(self, node: MeshdNode, within: float = 20.0) -> None:
         async def up() -> bool:
             if node.proc is not None and node.proc.returncode is not None:
@@ -186,8 +195,13 @@ class MeshLab:
             with contextlib.suppress(ProcessLookupError):
                 node.proc.send_signal(sig)
         # `ip netns exec` execs the command, so the PID is meshd's own.
-        code = await asyncio.wait_for(node.proc.wait(), within)
-        return code
+        try:
+            return await asyncio.wait_for(node.proc.wait(), within)
+        except TimeoutError:
+            raise TimeoutError(
+                f"meshd {node.name} still running {within:.0f} s after signal {sig}:\n"
+                f"{node.log_tail(30)}"
+            ) from None
 
     async def sees(self, node: MeshdNode, others: list[MeshdNode]) -> bool:
         """`node` has every node of `others` alive, with a WireGuard handshake."""

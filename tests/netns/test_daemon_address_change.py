@@ -3,7 +3,6 @@ address, and overlay traffic resumes."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 from pathlib import Path
 
@@ -22,10 +21,7 @@ async def test_underlay_address_change_is_announced_and_traffic_resumes(
         mesh = MeshLab(lab, tmp_path)
         # Endpoints from the interfaces (IPv6 first), not from config: what netlink reports.
         nodes = [mesh.add_node(i, seeds=[0] if i else []) for i in range(3)]
-        await mesh.start(nodes[0])
-        await mesh.wait_api(nodes[0])
-        await asyncio.gather(*(mesh.start(n) for n in nodes[1:]))
-        await mesh.wait_full_mesh(nodes, within=40)
+        await mesh.start_mesh(nodes, within=40)
 
         mover = nodes[2]
         old_v6 = mover.host.underlay_v6

@@ -4,7 +4,6 @@ through the tunnel). It keeps serving, its membership does not change, rejection
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 
@@ -51,10 +50,7 @@ async def test_junk_on_both_ports_changes_nothing(run_prefix: str, tmp_path: Pat
     async with Lab(f"{run_prefix[:6]}jk", hosts=3) as lab:
         mesh = MeshLab(lab, tmp_path)
         nodes = [mesh.add_node(i, seeds=[0] if i else []) for i in range(3)]
-        await mesh.start(nodes[0])
-        await mesh.wait_api(nodes[0])
-        await asyncio.gather(*(mesh.start(n) for n in nodes[1:]))
-        await mesh.wait_full_mesh(nodes, within=40)
+        await mesh.start_mesh(nodes, within=40)
         target, attacker = nodes[0], nodes[1]
         before = await target.status()
         assert before is not None

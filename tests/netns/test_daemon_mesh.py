@@ -24,9 +24,7 @@ async def mesh10(run_prefix: str, tmp_path: Path) -> AsyncIterator[tuple[MeshLab
     async with Lab(f"{run_prefix[:6]}d1", hosts=N) as lab:
         mesh = MeshLab(lab, tmp_path)
         nodes = [mesh.add_node(i, seeds=[0] if i else []) for i in range(N)]
-        await mesh.start(nodes[0])
-        await mesh.wait_api(nodes[0])
-        await asyncio.gather(*(mesh.start(n) for n in nodes[1:]))
+        await mesh.start_mesh(nodes, within=60)
         yield mesh, nodes
 
 
@@ -38,7 +36,6 @@ async def test_ten_nodes_form_a_full_mesh_and_a_leave_is_seen_by_all(
     mesh10: tuple[MeshLab, list[MeshdNode]],
 ) -> None:
     mesh, nodes = mesh10
-    await mesh.wait_full_mesh(nodes, within=60)
 
     # Every WireGuard config holds exactly the other nine, with AllowedIPs from certificates.
     by_key = {}

@@ -22,10 +22,7 @@ async def test_sighup_takes_a_renewed_certificate_and_refuses_a_broken_one(
     async with Lab(f"{run_prefix[:6]}hu", hosts=2) as lab:
         mesh = MeshLab(lab, tmp_path)
         a, b = mesh.add_node(0, seeds=[]), mesh.add_node(1, seeds=[0])
-        await mesh.start(a)
-        await mesh.wait_api(a)
-        await mesh.start(b)
-        await mesh.wait_full_mesh([a, b], within=30)
+        await mesh.start_mesh([a, b], within=30)
         assert a.proc is not None
         before = await a.status()
         assert before is not None

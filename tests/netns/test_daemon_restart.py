@@ -25,10 +25,7 @@ async def test_whole_mesh_restarts_without_a_seed(
     async with Lab(f"{run_prefix[:6]}r{'g' if how == signal.SIGTERM else 'k'}", hosts=N) as lab:
         mesh = MeshLab(lab, tmp_path)
         nodes = [mesh.add_node(i, seeds=[0] if i else []) for i in range(N)]
-        await mesh.start(nodes[0])
-        await mesh.wait_api(nodes[0])
-        await asyncio.gather(*(mesh.start(n) for n in nodes[1:]))
-        await mesh.wait_full_mesh(nodes, within=40)
+        await mesh.start_mesh(nodes, within=40)
         await asyncio.sleep(1.5)  # membership changes are persisted after one second
         codes = await asyncio.gather(*(mesh.stop(n, how) for n in nodes))
         assert codes == ([0] * N if how == signal.SIGTERM else [-9] * N)
