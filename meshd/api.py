@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 class Control(Protocol):
     """What the daemon offers the API. Implemented by `meshd.daemon.Daemon`."""
 
+    async def refresh(self) -> None: ...
     def status(self) -> dict[str, Any]: ...
     def peers(self) -> list[dict[str, Any]]: ...
     def health(self) -> tuple[bool, str]: ...
@@ -41,9 +42,11 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 def build_app(control: Control) -> web.Application:
     async def status(_: web.Request) -> web.Response:
+        await control.refresh()
         return _json(control.status())
 
     async def peers(_: web.Request) -> web.Response:
+        await control.refresh()
         return _json(control.peers())
 
     async def health(_: web.Request) -> web.Response:
@@ -68,6 +71,7 @@ def build_app(control: Control) -> web.Application:
         return _json(await control.apply_revocation(record))
 
     async def metrics(_: web.Request) -> web.Response:
+        await control.refresh()
         return web.Response(
             text=control.metrics(),
             content_type="text/plain",

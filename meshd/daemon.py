@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import io
 import ipaddress
 import logging
 import os
@@ -38,6 +39,7 @@ from meshd.adapters.resolver import EndpointResolver
 from meshd.adapters.store import StateStore
 from meshd.adapters.transport import UNDERLAY, MeshTransport, Received
 from meshd.adapters.wireguard import PeerStatus, WireGuardBackend, select_backend
+from meshd.aio import wait_event
 from meshd.config import (
     DEFAULT_CONFIG_PATH,
     Config,
@@ -64,6 +66,9 @@ log = logging.getLogger("meshd")
 LEAVE_DEADLINE_S = 2.0
 """How long a graceful leave may take before exit: the LEFT announcement reaches every node in
 milliseconds by eager forwarding; this bounds the wait when the network is gone."""
+STOP_TASKS_DEADLINE_S = 3.0
+"""How long the daemon's tasks may take to finish once cancelled on shutdown; a task that takes
+longer is logged with its stack and left behind, so that a stop always ends."""
 RECONCILE_PERIOD_S = 10.0
 """A full reconciliation pass (read everything, plan, apply) runs this often even when nothing
 seems to have changed: it repairs drift netlink does not report (`wg set` by hand). Deleted
@@ -110,6 +115,8 @@ class Daemon:
         self._endpoint_choice: dict[bytes, EndpointChoice] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._side_tasks: set[asyncio.Task[None]] = set()
+        self.clean_stop = True
+        """False once a task would not stop when cancelled: the exit code says so (a bug)."""
         self._held: list[ms.Transmit] = []
         self._apply_task: asyncio.Task[None] | None = None
         self._apply_again = False
@@ -314,8 +321,7 @@ class Daemon:
             self.core.leave(self.clock())
             self._after_core()
             if self.core.live_members():  # with nobody to tell, there is nothing to wait for
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._leave_spread.wait(), LEAVE_DEADLINE_S)
+                await wait_event(self._leave_spread, LEAVE_DEADLINE_S)
             log.info(
                 "left the mesh (%s)",
                 "announced"
@@ -332,7 +338,14 @@ class Daemon:
         tasks = [*self._tasks, *self._side_tasks, *([self._apply_task] if self._apply_task else [])]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=STOP_TASKS_DEADLINE_S)
+            for task in stuck:  # a bug, not a peer's doing: say where it hangs, exit anyway
+                stack = io.StringIO()
+                task.print_stack(file=stack)
+                log.error("task %s did not stop when cancelled: %s",
+                          task.get_name(), stack.getvalue())  # fmt: skip
+                self.clean_stop = False
         self._save_state()
         if self.api is not None:
             await self.api.stop()
@@ -451,8 +464,7 @@ class Daemon:
             self._timer_changed.clear()
             delay = self.core.get_timer() - self.clock()
             if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._timer_changed.wait(), timeout=min(delay, 60.0))
+                await wait_event(self._timer_changed, min(delay, 60.0))
                 continue  # re-read the deadline: it may have moved
             self.core.handle_timer(self.clock())
             self._after_core()
@@ -497,6 +509,14 @@ class Daemon:
             self.config.interface, device, addresses, self.config.mtu
         )
 
+    async def refresh(self) -> None:
+        """Current WireGuard handshake times and counters for status, peers and metrics; a
+        wedged backend delays the answer by at most a second, then the last figures are used."""
+        if self.dataplane is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self.dataplane.refresh_status()
+
     def _peer_status(self, wg_public_key: bytes) -> PeerStatus | None:
         return self.reconciler.peer_status.get(wg_public_key) if self.reconciler else None
 
@@ -515,8 +535,10 @@ class Daemon:
     async def _desired_loop(self) -> None:
         """Recompute the desired interface periodically (see ENDPOINT_PERIOD_S); membership
         changes are applied at once, in `_apply_now`."""
+        assert self.dataplane is not None
         while True:
             await asyncio.sleep(ENDPOINT_PERIOD_S)
+            await self.dataplane.refresh_status()
             self._update_desired()
 
     # --- persistence and supervision ------------------------------------------------------------
@@ -759,7 +781,7 @@ async def run(config: Config) -> int:
         log.info("stopping")
     finally:
         await daemon.stop()
-    return 0
+    return 0 if daemon.clean_stop else 1
 
 
 def main(argv: list[str] | None = None) -> int:

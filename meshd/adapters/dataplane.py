@@ -68,6 +68,9 @@ class DataPlane:
     def peer_status(self) -> dict[bytes, PeerStatus]:
         return self.reconciler.peer_status
 
+    async def refresh_status(self) -> None:
+        await self.reconciler.refresh_status()
+
     def set_desired(
         self, desired: MeshInterface, named: dict[bytes, tuple[str, int]] | None = None
     ) -> None:

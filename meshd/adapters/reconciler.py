@@ -41,6 +41,7 @@ from meshd.adapters.wireguard import (
     WireGuardError,
     describe,
 )
+from meshd.aio import wait_event
 from meshd.core.errors import MeshError
 from meshd.core.wgplan import (
     MESHD_ROUTE_PROTO,
@@ -137,6 +138,21 @@ class Reconciler:
                 self.peer_status = dict(status.peers)
             return ops
 
+    async def refresh_status(self) -> None:
+        """Re-read handshake times and counters (one backend read; nothing is planned or
+        changed). A pass refreshes them too, but passes are rare when nothing changes, and
+        `meshctl status` and the endpoint choice want them current. A failed read keeps the
+        previous figures: the next pass reports and repairs what is wrong."""
+        if self.desired is None:
+            return
+        try:
+            status = await self.backend.read(self.desired.name)
+        except (MeshError, NetlinkError, OSError) as exc:
+            log.debug("reading status of %s: %s", self.desired.name, exc)
+            return
+        if status is not None:
+            self.peer_status = dict(status.peers)
+
     async def converge(self, desired: MeshInterface | None = None, passes: int = 3) -> list[Op]:
         """Apply until a pass finds nothing to do; returns all operations executed."""
         done: list[Op] = []
@@ -156,8 +172,7 @@ class Reconciler:
         """Reconcile on every trigger and every `period` seconds until cancelled."""
         backoff = 0.05
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.period)
+            await wait_event(self._wake, self.period)
             self._wake.clear()
             if self.desired is None:
                 continue

@@ -14,12 +14,13 @@ is logged, recorded in `errors`, and retried at the next occasion.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+from meshd.aio import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,5 @@ class EndpointResolver:
                 wait, retry = min(retry, self.period), min(retry * 2, self.period)
             else:
                 retry = self.RETRY_FIRST
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+            await wait_event(self._wake, wait)
             self._wake.clear()

@@ -45,6 +45,10 @@ class FakeControl:
         self.healthy = True
         self.left = False
         self.revocations: list[bytes] = []
+        self.refreshes = 0
+
+    async def refresh(self) -> None:
+        self.refreshes += 1
 
     def status(self) -> dict[str, Any]:
         return STATUS
@@ -87,6 +91,7 @@ async def test_routes_round_trip(served: Any) -> None:
     assert stat.S_IMODE(client.socket.stat().st_mode) == 0o660
     assert await client.status() == STATUS
     assert (await client.peers())[0]["name"] == "b"
+    assert control.refreshes == 2  # handshake times and counters are read at the request
     assert await client.health() == {"healthy": True, "reason": "1 of 1 peers reachable"}
     control.healthy = False
     assert await client.health() == {"healthy": False, "reason": "no peer reachable"}
@@ -95,6 +100,7 @@ async def test_routes_round_trip(served: Any) -> None:
     await client.apply_revocation(b"\x01\x02")
     assert control.revocations == [b"\x01\x02"]
     assert await client.metrics() == "meshd_peers 1\n"
+    assert control.refreshes == 3
 
 
 async def test_daemon_errors_become_typed_errors(served: Any) -> None:
