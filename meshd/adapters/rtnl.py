@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from pyroute2 import AsyncIPRoute
+from pyroute2.iproute.linux import AsyncIPRoute
 from pyroute2.netlink.core import CoreDatagramProtocol
 from pyroute2.netlink.generic.wireguard import WG_GENL_NAME, AsyncWireGuard, wgmsg
 from pyroute2.netlink.rtnl import (
