@@ -122,10 +122,20 @@ class MeshTransport:
             self._accept, host="::", port=self.port, reuse_address=True, limit=2**20
         )
 
-    def _read_datagrams(self) -> None:
+    def read_pending(self) -> None:
+        """Handle every datagram already waiting in the socket, now.
+
+        The daemon calls this before acting on expired timers: after the loop stalled (start-up,
+        a large reconcile, a starved host), libuv runs timers before it polls sockets, so an ack
+        that arrived in time would otherwise be read only after its probe was declared failed,
+        and a node would blame its peers for its own stall."""
+        if self._udp is not None:
+            self._read_datagrams(limit=4096)
+
+    def _read_datagrams(self, limit: int = 64) -> None:
         assert self._udp is not None
         mesh_index = self.mesh_ifindex()
-        for _ in range(64):  # bounded batch: other callbacks get their turn
+        for _ in range(limit):  # bounded batch: other callbacks get their turn
             try:
                 data, ancdata, _flags, source = self._udp.recvmsg(MAX_DATAGRAM, 256)
             except (BlockingIOError, InterruptedError):

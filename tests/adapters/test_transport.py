@@ -100,3 +100,16 @@ async def test_a_failing_handler_does_not_stop_the_socket() -> None:
         assert seen == [b"boom", b"after"]
     finally:
         await t.close()
+
+
+async def test_read_pending_handles_what_waits_in_the_socket_without_a_loop_turn(
+    pair: tuple[MeshTransport, MeshTransport, asyncio.Queue[Received]],
+) -> None:
+    a, b, inbox = pair
+    for i in range(100):  # more than one reader batch
+        b.send(("::1", a.port), b"ack %d" % i)
+    # Loopback delivers synchronously: the datagrams are queued in a's socket, and no loop turn
+    # has run a's reader callback yet.
+    assert inbox.empty()
+    a.read_pending()
+    assert inbox.qsize() == 100
