@@ -56,7 +56,8 @@ from meshd.core.endpoints import STALE_HANDSHAKE_S, EndpointChoice
 from meshd.core.errors import MeshError, Reject, RemoteProtocolError
 from meshd.core.identity import key_id
 from meshd.core.ratelimit import SourceRateLimiter
-from meshd.core.wgplan import MeshInterface, WgDevice, WgPeer
+from meshd.core.routes import GatewayOffer, RoutePolicy, choose_gateways, parse_accept
+from meshd.core.wgplan import MESHD_FWMARK, MeshInterface, Prefix, WgDevice, WgPeer, as_prefix
 from meshd.core.wire import Channel, MemberState
 from meshd.metrics import Registry
 from meshd.node import NodeIdentity, StartupError, load_identity
@@ -113,6 +114,14 @@ class Daemon:
         self._last_alive: dict[bytes, bytes] = {}
         """Newest ALIVE announcement of every member, persisted as restart contacts."""
         self._endpoint_choice: dict[bytes, EndpointChoice] = {}
+        self._gateways: dict[Prefix, bytes] = {}
+        """Advertised prefix -> the member we route it through (kept for stability)."""
+        self._refused: dict[Prefix, str] = {}
+        self.route_policy = RoutePolicy(
+            parse_accept(config.accept_routes),
+            config.use_exit,
+            tuple(as_prefix(p) for p in config.advertise_prefixes),
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._side_tasks: set[asyncio.Task[None]] = set()
         self.clean_stop = True
@@ -471,12 +480,52 @@ class Daemon:
 
     # --- the data plane -----------------------------------------------------------------------
 
+    def _choose_gateways(self, live: list[Announcement]) -> dict[bytes, list[Prefix]]:
+        """Which advertised prefixes go to which member (meshd.core.routes); logs changes."""
+        assert self.core is not None
+        me = self.node.identity.public
+        offers = []
+        for ann in live:
+            if ann.node_id == me or not ann.prefixes:
+                continue
+            member = self.core.member(ann.node_id)
+            offers.append(
+                GatewayOffer(
+                    ann.node_id,
+                    tuple(as_prefix(p) for p in ann.prefixes),
+                    member is not None and member.state is MemberState.ALIVE,
+                    self.core.rtt(ann.node_id),
+                )
+            )
+        underlay = [
+            ipaddress.ip_address(host)
+            for ann in [*live, self.core.announcement]
+            for host, _port in ann.endpoints
+        ]
+        choice = choose_gateways(offers, self.route_policy, underlay, self._gateways)
+        names = {ann.node_id: ann.name for ann in live}
+        for prefix, node_id in choice.gateways.items():
+            if self._gateways.get(prefix) != node_id:
+                log.info("routing %s through %s", prefix, names.get(node_id, key_id(node_id)))
+        for prefix in self._gateways.keys() - choice.gateways.keys():
+            log.info("no longer routing %s through the mesh", prefix)
+        refused = {r.prefix: r.reason for r in choice.refused}
+        for prefix, reason in refused.items():
+            if self._refused.get(prefix) != reason:
+                log.warning("not routing %s through the mesh: %s", prefix, reason)
+        self._gateways, self._refused = choice.gateways, refused
+        by_member: dict[bytes, list[Prefix]] = {}
+        for prefix, node_id in choice.gateways.items():
+            by_member.setdefault(node_id, []).append(prefix)
+        return by_member
+
     def desired_interface(self, live: list[Announcement]) -> MeshInterface:
         """The whole interface as it should be: our key, port and addresses, and one WireGuard
-        peer per live member with AllowedIPs from its certificate's addresses only (advertised
-        prefixes are routed by the gateway feature, not yet)."""
+        peer per live member with AllowedIPs from its certificate's addresses plus the
+        advertised prefixes we route through it (one gateway per prefix, `_choose_gateways`)."""
         now = self.clock()
         peers = []
+        routed = self._choose_gateways(live) if self.core is not None else {}
         live_ids = {ann.node_id for ann in live}
         for gone in set(self._endpoint_choice) - live_ids:
             del self._endpoint_choice[gone]
@@ -492,6 +541,7 @@ class Daemon:
                 now,
             )
             allowed = [ipaddress.ip_network(a) for a in ann.cert.addresses]
+            allowed += routed.get(ann.node_id, [])
             peers.append(
                 WgPeer(
                     public_key=ann.wg_public_key,
@@ -500,7 +550,8 @@ class Daemon:
                     persistent_keepalive=self.config.persistent_keepalive,
                 )
             )
-        device = WgDevice(self.wg_key.private, self.config.listen_port, tuple(peers))
+        # The mark lets policy rules keep WireGuard's own packets out of an exit route.
+        device = WgDevice(self.wg_key.private, self.config.listen_port, tuple(peers), MESHD_FWMARK)
         addresses = tuple(
             ipaddress.ip_interface(f"{a}/{128 if ipaddress.ip_address(a).version == 6 else 32}")
             for a in self.node.cert.addresses
@@ -654,6 +705,10 @@ class Daemon:
             )
         return out
 
+    def _member_name(self, node_id: bytes) -> str:
+        member = self.core.member(node_id) if self.core is not None else None
+        return member.ann.name if member is not None else key_id(node_id)
+
     def warnings(self) -> list[str]:
         out = []
         left = self.node.cert.not_after - self.clock()
@@ -701,6 +756,11 @@ class Daemon:
                 "certificate_serial": self.node.cert.serial,
                 "certificate_expires_at": self.node.cert.not_after,
                 "local_health": self.core.health,
+                "routes": {
+                    str(prefix): self._member_name(node_id)
+                    for prefix, node_id in self._gateways.items()
+                },
+                "routes_refused": {str(p): reason for p, reason in self._refused.items()},
             },
             "connected": healthy,
             "warnings": self.warnings(),
