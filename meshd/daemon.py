@@ -33,6 +33,7 @@ from meshd import keyfiles, logs
 from meshd.adapters import systemd
 from meshd.adapters.addresses import underlay_addresses
 from meshd.adapters.dataplane import DataPlane
+from meshd.adapters.egress import EgressGateway, roles_from_config
 from meshd.adapters.netlink import NetlinkEvent, UnderlayAddressesChanged, UnderlayLinkChanged
 from meshd.adapters.reconciler import Reconciler
 from meshd.adapters.resolver import EndpointResolver
@@ -135,6 +136,14 @@ class Daemon:
         self.backend: WireGuardBackend | None = None
         self.reconciler: Reconciler | None = None
         self.dataplane: DataPlane | None = None
+        self.egress = EgressGateway(
+            roles_from_config(
+                config.interface, config.advertise_prefixes, config.egress_nat,
+                config.egress_bridges, config.protected_ranges, config.nat64,
+                config.nat64_prefix, config.nat64_pool,
+            ),
+            config.state_dir, node.cert.addresses[0], config.tayga,
+        )  # fmt: skip
         self._last_desired: MeshInterface | None = None
         self.join_limiter = SourceRateLimiter(rate=10.0, burst=20.0)
         """Underlay traffic (join requests) per source address, before any signature check."""
@@ -292,6 +301,7 @@ class Daemon:
         await dataplane.start()  # reconciler loop, netlink monitor, resolver
         # Only now does `_after_core` see a data plane: until here it held overlay traffic.
         self.dataplane, self.reconciler = dataplane, dataplane.reconciler
+        await self.egress.start()  # forwarding, nftables, tayga: after the interface exists
         # Members learnt while WireGuard was starting (the join reply, persisted peers) are
         # applied now, and the overlay traffic held for them is released once they are in.
         self._apply_task = asyncio.get_running_loop().create_task(self._apply_now())
@@ -360,6 +370,10 @@ class Daemon:
             await self.api.stop()
         if self.transport is not None:
             await self.transport.close()
+        try:
+            await self.egress.stop()
+        except (MeshError, OSError) as exc:
+            log.error("removing gateway roles: %s", exc)
         if self.dataplane is not None:
             with contextlib.suppress(MeshError, OSError):
                 await self.dataplane.stop(destroy=not self.config.keep_interface)

@@ -109,10 +109,16 @@ class MeshLab:
         self.ca = CertificateAuthority.init(workdir / "ca", mesh, force=True)
 
     def add_node(
-        self, index: int, seeds: list[int], name: str | None = None, **extra: Any
+        self,
+        index: int,
+        seeds: list[int],
+        name: str | None = None,
+        prefixes: list[str] | None = None,
+        **extra: Any,
     ) -> MeshdNode:
         """Certificate, key and config for a meshd on lab host `index`, joining through the
-        meshd ports of the hosts in `seeds` (by index, IPv6 underlay)."""
+        meshd ports of the hosts in `seeds` (by index, IPv6 underlay). The certificate grants
+        `prefixes`; `extra` are config fields."""
         host = self.lab.hosts[index]
         name = name or f"node{index}"
         directory = self.workdir / name
@@ -123,7 +129,7 @@ class MeshLab:
             identity_key=identity.public,
             ipv4="auto",
             ipv4_pool="100.64.0.0/16",
-            prefixes=[],
+            prefixes=prefixes or [],
             roles=[],
             not_before=now - 300,
             not_after=now + 30 * 86400,
