@@ -103,7 +103,8 @@ class Config:
     )
     egress_bridges: list[str] = _f(
         [],
-        "Gateway: local bridges (containers) whose traffic is masqueraded like mesh traffic.",
+        "Local bridges (containers, e.g. a ULA-only podman network) whose traffic is "
+        "masqueraded wherever it leaves (into the mesh too); egress only.",
     )
     protected_ranges: list[str] = _f(
         [],

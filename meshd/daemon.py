@@ -118,6 +118,8 @@ class Daemon:
         self._gateways: dict[Prefix, bytes] = {}
         """Advertised prefix -> the member we route it through (kept for stability)."""
         self._refused: dict[Prefix, str] = {}
+        self._gateway_rtt: dict[bytes, float | None] = {}
+        """Probe RTT of each gateway when the routes were last chosen (shown by status)."""
         self.route_policy = RoutePolicy(
             parse_accept(config.accept_routes),
             config.use_exit,
@@ -528,6 +530,7 @@ class Daemon:
             if self._refused.get(prefix) != reason:
                 log.warning("not routing %s through the mesh: %s", prefix, reason)
         self._gateways, self._refused = choice.gateways, refused
+        self._gateway_rtt = {o.node_id: o.rtt for o in offers}
         by_member: dict[bytes, list[Prefix]] = {}
         for prefix, node_id in choice.gateways.items():
             by_member.setdefault(node_id, []).append(prefix)
@@ -771,7 +774,10 @@ class Daemon:
                 "certificate_expires_at": self.node.cert.not_after,
                 "local_health": self.core.health,
                 "routes": {
-                    str(prefix): self._member_name(node_id)
+                    str(prefix): {
+                        "gateway": self._member_name(node_id),
+                        "rtt_ms": _ms(self._gateway_rtt.get(node_id)),
+                    }
                     for prefix, node_id in self._gateways.items()
                 },
                 "routes_refused": {str(p): reason for p, reason in self._refused.items()},

@@ -182,6 +182,16 @@ class LabHost:
         return seen
 
 
+@dataclass(frozen=True)
+class Container:
+    """A container on a lab host (`Lab.add_container`): a namespace behind a local bridge."""
+
+    netns: str
+    address: ipaddress.IPv6Address
+    bridge: str
+    """The bridge on the host."""
+
+
 _INET_ROUTER_V6 = ipaddress.IPv6Address("2001:db8:100::1")
 _INET_ROUTER_V4 = ipaddress.IPv4Address("198.51.100.1")
 _INET_SERVER_V6 = ipaddress.IPv6Address("2001:db8:80::80")
@@ -420,6 +430,41 @@ class Lab:
 
             await wait_for(reachable, 5.0, f"{self.hosts[i].netns} uplink")
         return inet
+
+    async def add_container(
+        self, index: int, bridge: str = "ctr0", subnet: str = "fd00:c0::/64"
+    ) -> Container:
+        """A container network on host `index`, as podman or Docker make it: bridge `bridge`
+        holding the first address of the IPv6-only (ULA) `subnet`, and one container (a
+        namespace PREFIX-hIc) with the second address and a default route via the bridge."""
+        host = self.hosts[index]
+        net = ipaddress.IPv6Network(subnet)
+        gateway, address = net.network_address + 1, net.network_address + 2
+        container = Container(f"{host.netns}c", address, bridge)
+        await self._add_ns(container.netns)
+        h = ("ip", "-n", host.netns)
+        await _exec(*h, "link", "add", "name", bridge, "index", str(300 + index), "type", "bridge")
+        await _exec(*h, "addr", "add", f"{gateway}/{net.prefixlen}", "dev", bridge, "nodad")
+        await _exec(*h, "link", "set", "dev", bridge, "up")
+        await _exec(
+            *h, "link", "add", "name", f"c{index}", "index", str(3000 + index),
+            "type", "veth", "peer", "name", "eth0", "netns", container.netns, "index", "400",
+        )  # fmt: skip
+        await _exec(*h, "link", "set", "dev", f"c{index}", "master", bridge, "up")
+        c = ("ip", "-n", container.netns)
+        await _exec(*c, "addr", "add", f"{address}/{net.prefixlen}", "dev", "eth0", "nodad")
+        await _exec(*c, "link", "set", "dev", "eth0", "up")
+        await _exec(*c, "route", "add", "default", "via", str(gateway))
+
+        async def bridged() -> bool:
+            r = await _exec(
+                "ip", "netns", "exec", container.netns, "ping", "-n", "-q", "-c1", "-W1",
+                str(gateway), check=False,
+            )  # fmt: skip
+            return r.returncode == 0
+
+        await wait_for(bridged, 5.0, f"container {container.netns} to reach its bridge")
+        return container
 
     async def _ready(self, host: LabHost) -> bool:
         r = await _exec("ip", "-n", host.netns, "-j", "addr", "show", "dev", "eth0")

@@ -9,12 +9,13 @@ What a gateway needs, and what meshd does about it (docs/egress.md has the opera
 * **nftables**: everything lives in one table, `inet meshd`, replaced atomically with one
   `nft -f` transaction (`table` + `delete table` + the new table: the usual idiom, which works
   whether or not it existed) and deleted on stop. meshd never edits another table.
-  - egress only (`egress_nat`): forwarded packets may go out of the mesh interface or a listed
-    container bridge only as part of a connection that started inside
+  - egress only: forwarded packets may go out of the mesh interface (with `egress_nat`) or a
+    listed container bridge only as part of a connection that started inside
     (`ct state established,related`);
-  - masquerade: new connections coming from the mesh (and the bridges, and tayga's IPv4 pool)
-    get a conntrack mark in `forward`; `postrouting` masquerades marked connections on their
-    way out of any other interface. Marking by input interface needs no list of mesh prefixes;
+  - masquerade: new connections coming from the mesh (with `egress_nat`), tayga's IPv4 pool
+    and the bridges get a conntrack mark in `forward`; `postrouting` masquerades marked
+    connections on their way out (bridge traffic also into the mesh: see `render_ruleset`).
+    Marking by input interface needs no list of mesh prefixes;
   - control-plane protection (`protected_ranges`): packets arriving on the mesh interface for
     those ranges are dropped in `prerouting`, before they are routed or delivered.
 * **tayga**: a persistent tun (`meshd-nat64`), routes for the NAT64 prefix and the IPv4 pool
@@ -44,7 +45,9 @@ log = logging.getLogger(__name__)
 TABLE = "meshd"
 """nftables table (family inet) that meshd owns."""
 CT_MARK = 0x6D65
-"""Conntrack mark of connections meshd masquerades."""
+"""Conntrack mark of connections from the mesh (or tayga) that meshd masquerades."""
+BRIDGE_MARK = 0x6D66
+"""Conntrack mark of connections from a container bridge (masqueraded into the mesh too)."""
 TAYGA_TUN = "meshd-nat64"
 FORWARDING = {
     6: Path("/proc/sys/net/ipv6/conf/all/forwarding"),
@@ -74,7 +77,13 @@ class GatewayRoles:
 
     @property
     def active(self) -> bool:
-        return bool(self.advertised or self.egress_nat or self.protected or self.nat64_prefix)
+        return bool(
+            self.advertised
+            or self.egress_nat
+            or self.protected
+            or self.nat64_prefix
+            or self.bridges
+        )
 
     def forwarding_families(self) -> list[int]:
         """IP versions this node must forward: those it advertises routes for; IPv4 also for
@@ -107,9 +116,14 @@ def render_ruleset(roles: GatewayRoles) -> str:
         if v6:
             lines.append(f"    iifname {mesh} ip6 daddr {{ {', '.join(v6)} }} counter drop")
         lines.append("  }")
-    inside = [roles.interface, *roles.bridges] if roles.egress_nat else []
-    masq_from = [*inside, *([TAYGA_TUN] if roles.nat64_prefix is not None else [])]
-    if masq_from:
+    # Connections that start on the mesh (exit) or in tayga's pool are masqueraded on their way
+    # out of anything but the mesh; those from a container bridge on their way out of anything,
+    # the mesh included: behind a client, the bridge's ULA prefix is no certified address, so
+    # it leaves as the node's overlay address, and again as the exit's address at the exit.
+    from_mesh = [roles.interface] if roles.egress_nat else []
+    from_mesh += [TAYGA_TUN] if roles.nat64_prefix is not None else []
+    inside = [*([roles.interface] if roles.egress_nat else []), *roles.bridges]
+    if from_mesh or roles.bridges:
         lines += [
             "  chain forward {",
             "    type filter hook forward priority filter; policy accept;",
@@ -118,13 +132,17 @@ def render_ruleset(roles: GatewayRoles) -> str:
         if inside:
             # Egress only: nothing from outside starts a connection into the mesh or a bridge.
             lines.append(f"    oifname {_names(inside)} counter drop")
+        if from_mesh:
+            lines.append(f"    iifname {_names(from_mesh)} ct mark set {CT_MARK:#x}")
+        if roles.bridges:
+            lines.append(f"    iifname {_names(list(roles.bridges))} ct mark set {BRIDGE_MARK:#x}")
         lines += [
-            f"    iifname {_names(masq_from)} ct mark set {CT_MARK:#x}",
             "  }",
             "  chain postrouting {",
             "    type nat hook postrouting priority srcnat; policy accept;",
             f"    oifname != {_names([roles.interface, TAYGA_TUN])} ct mark {CT_MARK:#x}"
             " masquerade",
+            f"    oifname != {json.dumps(TAYGA_TUN)} ct mark {BRIDGE_MARK:#x} masquerade",
             "  }",
         ]
     lines.append("}")
