@@ -140,11 +140,17 @@ def render_ruleset(roles: GatewayRoles) -> str:
             "  }",
             "  chain postrouting {",
             "    type nat hook postrouting priority srcnat; policy accept;",
-            f"    oifname != {_names([roles.interface, TAYGA_TUN])} ct mark {CT_MARK:#x}"
-            " masquerade",
-            f"    oifname != {json.dumps(TAYGA_TUN)} ct mark {BRIDGE_MARK:#x} masquerade",
-            "  }",
         ]
+        if from_mesh:
+            lines.append(
+                f"    oifname != {_names([roles.interface, TAYGA_TUN])} ct mark {CT_MARK:#x}"
+                " masquerade"
+            )
+        if roles.bridges:
+            lines.append(
+                f"    oifname != {json.dumps(TAYGA_TUN)} ct mark {BRIDGE_MARK:#x} masquerade"
+            )
+        lines.append("  }")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -231,20 +237,27 @@ class EgressGateway:
     # --- sysctls ----------------------------------------------------------------------------
 
     def _enable_forwarding(self) -> None:
-        families = self.roles.forwarding_families()
+        """Switch forwarding on where it is off. Only what changes is saved (and later
+        restored): a value already 1 (set by the operator, or `--sysctl` in a container, where
+        /proc/sys is read-only) is not written at all."""
         saved: dict[str, str] = {}
         if self.saved_sysctls.exists():
             # A run that did not stop cleanly: its saved values are the originals.
             saved = json.loads(self.saved_sysctls.read_text())
-        for family in families:
+        todo = []
+        for family in self.roles.forwarding_families():
             path = FORWARDING[family]
-            saved.setdefault(str(path), path.read_text().strip())
-        tmp = self.saved_sysctls.with_suffix(".tmp")
-        tmp.write_text(json.dumps(saved))
-        os.replace(tmp, self.saved_sysctls)
-        for family in families:
+            current = path.read_text().strip()
+            if current != "1":
+                saved.setdefault(str(path), current)
+                todo.append((family, path))
+        if saved:
+            tmp = self.saved_sysctls.with_suffix(".tmp")
+            tmp.write_text(json.dumps(saved))
+            os.replace(tmp, self.saved_sysctls)
+        for family, path in todo:
             try:
-                FORWARDING[family].write_text("1")
+                path.write_text("1")
             except OSError as exc:
                 raise EgressError(f"enabling IPv{family} forwarding: {exc.strerror}") from None
 
