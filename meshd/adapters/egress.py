@@ -34,6 +34,7 @@ import ipaddress
 import json
 import logging
 import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,6 +197,7 @@ class EgressGateway:
         self.tayga = tayga
         self.saved_sysctls = state_dir / "egress-sysctl.json"
         self.tayga_dir = state_dir / "tayga"
+        self.tayga_pidfile = self.tayga_dir / "tayga.pid"
         self._tayga_task: asyncio.Task[None] | None = None
         self._tayga_proc: asyncio.subprocess.Process | None = None
         self.tayga_starts = 0
@@ -278,6 +280,7 @@ class EgressGateway:
         roles = self.roles
         assert roles.nat64_prefix is not None
         self.tayga_dir.mkdir(mode=0o700, exist_ok=True)
+        await self._stop_stale_tayga()
         conf = self.tayga_dir / "tayga.conf"
         conf.write_text(render_tayga_config(roles, self.own_v6, self.tayga_dir))
         await _run(self.tayga, "--mktun", "-c", str(conf))
@@ -289,12 +292,39 @@ class EgressGateway:
             )  # fmt: skip
         self._tayga_task = asyncio.get_running_loop().create_task(self._supervise_tayga(conf))
 
+    def _stale_tayga_pid(self) -> int | None:
+        """The PID in our tayga pidfile, if that process still is a tayga using our config."""
+        try:
+            pid = int(self.tayga_pidfile.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        if Path(cmdline[0].decode()).name != "tayga":
+            return None
+        return pid if str(self.tayga_dir / "tayga.conf").encode() in cmdline else None
+
+    async def _stop_stale_tayga(self) -> None:
+        """A tayga left running by a meshd that was killed holds the tun, and a second one
+        cannot attach to it: stop the old one, found by the pidfile in our state directory."""
+        pid = self._stale_tayga_pid()
+        if pid is None:
+            return
+        log.warning("stopping tayga (pid %d) left by an earlier run", pid)
+        try:
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(100):  # not our child: poll for up to 2 s
+                await asyncio.sleep(0.02)
+                os.kill(pid, 0)
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # gone
+
     async def _supervise_tayga(self, conf: Path) -> None:
         backoff = 0.5
         while True:
             self.tayga_starts += 1
             proc = await asyncio.create_subprocess_exec(
-                self.tayga, "--nodetach", "-c", str(conf),
+                self.tayga, "--nodetach", "--pidfile", str(self.tayga_pidfile), "-c", str(conf),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip

@@ -423,7 +423,22 @@ class UserspaceBackend:
                 await watcher
 
     async def destroy(self, ifname: str) -> None:
+        adopted = ifname not in self._procs and await self._answers(ifname)
         await self._stop(ifname)
+        if not adopted:
+            return
+        # A wireguard-go adopted from an earlier run (meshd was killed) is not our child to
+        # signal: deleting its tun ends it, and it removes its socket on the way out.
+        from meshd.adapters.rtnl import open_iproute
+
+        async with open_iproute(self.netns) as ipr:
+            with contextlib.suppress(Exception):
+                await ipr.link("del", ifname=ifname)
+        for _ in range(100):  # up to 2 s
+            if not self.socket_path(ifname).exists():
+                return
+            await asyncio.sleep(0.02)
+        log.warning("wireguard-go for %s still running after its interface was deleted", ifname)
 
     async def close(self) -> None:
         for ifname in list(self._procs):

@@ -4,12 +4,14 @@ protection, failover between two exits, and a clean stop."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from meshd.lab import Lab, fetch
+from meshd.lab import Lab, LabHost, fetch, wait_for
 from meshd.meshlab import EgressLab, host_traces, start_egress_lab
 
 pytestmark = pytest.mark.netns
@@ -63,5 +65,45 @@ async def test_nat64_nat66_protection_failover_and_clean_stop(egress_lab: Egress
 
     # A graceful stop removes every rule, route, table, sysctl change and process: each host
     # is as it was before meshd started.
+    after = await e.stop_all()
+    assert after == {host: e.baseline[host] for host in after}
+
+
+def _named(pids: list[int], name: str) -> list[int]:
+    found = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == name:
+                found.append(pid)
+    return found
+
+
+async def _taygas(host: LabHost) -> list[int]:
+    return _named(await host.processes(), "tayga")
+
+
+async def test_a_killed_gateway_restarts_over_its_leftovers(egress_lab: EgressLab) -> None:
+    e = egress_lab
+    gw_a = e.gateways[0]
+    assert await e.fetch(e.nat64_address) == e.uplink_v4(gw_a)
+    [old_tayga] = await _taygas(gw_a.host)
+
+    # SIGKILL: no cleanup at all; wireguard-go, tayga, the tun, the table and the sysctls
+    # stay behind.
+    assert await e.mesh.stop(gw_a, signal.SIGKILL) == -9
+    assert await _taygas(gw_a.host) == [old_tayga]
+
+    # The new run takes over: the old tayga (which holds the tun) is stopped, NAT64 works
+    # through a new one, and a graceful stop still restores the sysctls found before the
+    # *first* run (saved in the state directory, not read again from the changed system).
+    await e.mesh.start(gw_a)
+    await e.mesh.wait_api(gw_a)
+
+    async def nat64_again() -> bool:
+        return await e.fetch(e.nat64_address, within=0.5) == e.uplink_v4(gw_a)
+
+    await wait_for(nat64_again, 20, "NAT64 through the restarted gateway", 0.0)
+    [new_tayga] = await _taygas(gw_a.host)
+    assert new_tayga != old_tayga
     after = await e.stop_all()
     assert after == {host: e.baseline[host] for host in after}
