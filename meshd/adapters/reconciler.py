@@ -10,6 +10,9 @@ and a pass over a converged interface changes nothing.
 
 Only routes with meshd's protocol number are ever read, changed or deleted; a route someone else
 made with the same destination is left alone (our add then fails with EEXIST, which is logged).
+Default routes (an exit, docs/egress.md) go to MESHD_EXIT_TABLE and come with two policy rules
+(`exit_rules`); a default route whose rules are missing is read as missing, so the next pass
+puts both back. The rules are removed on stop (`remove_exit_rules`).
 """
 
 from __future__ import annotations
