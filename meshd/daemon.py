@@ -513,6 +513,8 @@ class Daemon:
                     self.core.rtt(ann.node_id),
                 )
             )
+        if not offers and not self._gateways:
+            return {}  # most meshes: nobody advertises anything, nothing to undo
         underlay = [
             ipaddress.ip_address(host)
             for ann in [*live, self.core.announcement]
