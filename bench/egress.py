@@ -1,15 +1,18 @@
 """`python -m bench egress [--repeat R] [--json]`: gateways with a simulated internet, on real
 meshd processes, wireguard-go, nftables and tayga in network namespaces (root).
 
-The topology of tests/netns/test_egress.py (meshd.meshlab.start_egress_lab): a client with a
-ULA-only container behind it, two exit gateways (::/0, NAT66) of which one also serves NAT64
-(64:ff9b::/96 through tayga), and an internet namespace with an IPv4-only and an IPv6-only
-server. R times, in a fresh lab each: check the four behaviours, then cut the active exit's
-underlay (its eth0 goes down) and measure until the client's traffic leaves through the other
-exit; finally stop every meshd and compare each host with its state before meshd started.
+The topology of tests/netns/test_egress.py (meshd.meshlab.start_egress_lab): a client with an
+IPv6-only (ULA) container behind it, two exit gateways (::/0 and 0.0.0.0/0: NAT66, NAT44) of
+which one also serves NAT64 (64:ff9b::/96 through tayga), and an internet namespace with an
+IPv4-only and an IPv6-only server. R times, in a fresh lab each: check the behaviours, then
+cut the active exit's underlay (its eth0 goes down) and measure until the client's traffic
+leaves through the other exit; finally stop every meshd and compare each host with its state
+before meshd started.
 
-Keys: nat64_ok (the IPv4-only server answered via 64:ff9b::/96 and saw gateway A), nat66_ok
-(the IPv6-only server saw the exit's global address, from the client and from the container),
+Keys: nat64_ok (the IPv6-only container reached the IPv4-only server via 64:ff9b::/96 only, and
+the server saw gateway A), nat44_ok (the client reached it through the IPv4 exit, seen as that
+exit), nat66_ok (the IPv6-only server saw the exit's global address, from the client and from
+the container),
 inbound_blocked (the internet, routing the mesh prefix to the exit, reached the exit's overlay
 address but not the client), protected_blocked (the management range answered the gateway but
 not the client), clean_stop (no rule, route, table, sysctl change or process left),
@@ -41,14 +44,19 @@ async def one_run(index: int, workdir: Path) -> dict[str, object]:
         active = await e.exit_gateway()
         if active is None:
             raise RuntimeError("the client chose no exit gateway")
-        server_v6 = str(e.internet.server_v6)
+        active4 = await e.exit_gateway("0.0.0.0/0")
+        server_v6, server_v4 = str(e.internet.server_v6), str(e.internet.server_v4)
         management = str(e.internet.management_v6)
-        nat64_ok = await e.fetch(str(e.internet.server_v4), within=1.0) is None and await e.fetch(
-            e.nat64_address
-        ) == e.uplink_v4(gw_a)
-        nat66_ok = await e.fetch(server_v6) == e.uplink_v6(active) and await e.container_fetch(
-            server_v6
-        ) == e.uplink_v6(active)
+        # Each check as (what was seen, what must be seen).
+        nat64 = [
+            (await e.container_fetch(server_v4, within=1.0), None),  # no IPv4 at all...
+            (await e.container_fetch(e.nat64_address), e.uplink_v4(gw_a)),  # ...but NAT64
+        ]
+        nat44 = [(await e.fetch(server_v4), e.uplink_v4(active4) if active4 else "an exit")]
+        nat66 = [
+            (await e.fetch(server_v6), e.uplink_v6(active)),
+            (await e.container_fetch(server_v6), e.uplink_v6(active)),
+        ]
         protected_blocked = (
             await fetch(lab, active.host.netns, management) == e.uplink_v6(active)
             and await e.fetch(management, within=1.0) is None
@@ -58,8 +66,9 @@ async def one_run(index: int, workdir: Path) -> dict[str, object]:
         after = await e.stop_all()
         clean_stop = after == {host: e.baseline[host] for host in after}
         return {
-            "nat64_ok": nat64_ok,
-            "nat66_ok": nat66_ok,
+            "nat64_ok": all(seen == want for seen, want in nat64),
+            "nat44_ok": all(seen == want for seen, want in nat44),
+            "nat66_ok": all(seen == want for seen, want in nat66),
             "inbound_blocked": inbound_blocked,
             "protected_blocked": protected_blocked,
             "clean_stop": clean_stop,
@@ -72,7 +81,14 @@ async def run(repeat: int) -> dict[str, object]:
     for i in range(repeat):
         with tempfile.TemporaryDirectory(prefix="meshd-bench-") as tmp:
             runs.append(await one_run(i, Path(tmp)))
-    flags = ("nat64_ok", "nat66_ok", "inbound_blocked", "protected_blocked", "clean_stop")
+    flags = (
+        "nat64_ok",
+        "nat44_ok",
+        "nat66_ok",
+        "inbound_blocked",
+        "protected_blocked",
+        "clean_stop",
+    )
     failovers = [float(r["gateway_failover_s"]) for r in runs]  # type: ignore[arg-type]
     return {
         **{flag: all(bool(r[flag]) for r in runs) for flag in flags},

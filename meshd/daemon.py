@@ -57,7 +57,7 @@ from meshd.core.endpoints import STALE_HANDSHAKE_S, EndpointChoice
 from meshd.core.errors import MeshError, Reject, RemoteProtocolError
 from meshd.core.identity import key_id
 from meshd.core.ratelimit import SourceRateLimiter
-from meshd.core.routes import GatewayOffer, RoutePolicy, choose_gateways, parse_accept
+from meshd.core.routes import GatewayOffer, Held, RoutePolicy, choose_gateways, parse_accept
 from meshd.core.wgplan import MESHD_FWMARK, MeshInterface, Prefix, WgDevice, WgPeer, as_prefix
 from meshd.core.wire import Channel, MemberState
 from meshd.metrics import Registry
@@ -115,8 +115,8 @@ class Daemon:
         self._last_alive: dict[bytes, bytes] = {}
         """Newest ALIVE announcement of every member, persisted as restart contacts."""
         self._endpoint_choice: dict[bytes, EndpointChoice] = {}
-        self._gateways: dict[Prefix, bytes] = {}
-        """Advertised prefix -> the member we route it through (kept for stability)."""
+        self._gateways: dict[Prefix, Held] = {}
+        """Advertised prefix -> the member we route it through, since when (for stability)."""
         self._refused: dict[Prefix, str] = {}
         self._gateway_rtt: dict[bytes, float | None] = {}
         """Probe RTT of each gateway when the routes were last chosen (shown by status)."""
@@ -520,10 +520,12 @@ class Daemon:
             for ann in [*live, self.core.announcement]
             for host, _port in ann.endpoints
         ]
-        choice = choose_gateways(offers, self.route_policy, underlay, self._gateways)
+        choice = choose_gateways(
+            offers, self.route_policy, underlay, self._gateways, time.monotonic()
+        )
         names = {ann.node_id: ann.name for ann in live}
         for prefix, node_id in choice.gateways.items():
-            if self._gateways.get(prefix) != node_id:
+            if prefix not in self._gateways or self._gateways[prefix].node_id != node_id:
                 log.info("routing %s through %s", prefix, names.get(node_id, key_id(node_id)))
         for prefix in self._gateways.keys() - choice.gateways.keys():
             log.info("no longer routing %s through the mesh", prefix)
@@ -531,7 +533,7 @@ class Daemon:
         for prefix, reason in refused.items():
             if self._refused.get(prefix) != reason:
                 log.warning("not routing %s through the mesh: %s", prefix, reason)
-        self._gateways, self._refused = choice.gateways, refused
+        self._gateways, self._refused = choice.held, refused
         self._gateway_rtt = {o.node_id: o.rtt for o in offers}
         by_member: dict[bytes, list[Prefix]] = {}
         for prefix, node_id in choice.gateways.items():
@@ -777,10 +779,10 @@ class Daemon:
                 "local_health": self.core.health,
                 "routes": {
                     str(prefix): {
-                        "gateway": self._member_name(node_id),
-                        "rtt_ms": _ms(self._gateway_rtt.get(node_id)),
+                        "gateway": self._member_name(held.node_id),
+                        "rtt_ms": _ms(self._gateway_rtt.get(held.node_id)),
                     }
-                    for prefix, node_id in self._gateways.items()
+                    for prefix, held in self._gateways.items()
                 },
                 "routes_refused": {str(p): reason for p, reason in self._refused.items()},
             },

@@ -243,6 +243,7 @@ class MeshLab:
 # --- gateways and a simulated internet ------------------------------------------------------
 
 PROTECTED = "2001:db8:ff::/48"
+EXIT = ["::/0", "0.0.0.0/0"]
 
 
 @dataclass
@@ -263,10 +264,10 @@ class EgressLab:
     def uplink_v4(self, node: MeshdNode) -> str:
         return str(self.internet.uplinks[node.host.index][1])
 
-    async def exit_gateway(self) -> MeshdNode | None:
-        """The gateway the client routes ::/0 through now (from its status)."""
+    async def exit_gateway(self, prefix: str = "::/0") -> MeshdNode | None:
+        """The gateway the client routes `prefix` through now (from its status)."""
         status = await self.client.status()
-        name = (status or {}).get("node", {}).get("routes", {}).get("::/0", {}).get("gateway")
+        name = (status or {}).get("node", {}).get("routes", {}).get(prefix, {}).get("gateway")
         return next((g for g in self.gateways if g.name == name), None)
 
     async def fetch(self, address: str, within: float = 2.0) -> str | None:
@@ -318,8 +319,10 @@ async def start_egress_lab(lab: Lab, workdir: Path) -> EgressLab:
     """The egress topology, servers listening, the mesh formed and the client's routes chosen
     (tests/netns/test_egress.py, bench/egress.py):
 
-        h0 client, container behind it  --mesh--  h1 gw-a: exit ::/0 + NAT64  --+-- internet
-                                                  h2 gw-b: exit ::/0          --+
+        h0 client, IPv6-only container  --mesh--  h1 gw-a: exit + NAT64  --+-- internet
+                                                  h2 gw-b: exit          --+
+
+    Exits advertise ::/0 and 0.0.0.0/0 (NAT66 and NAT44), gw-a also 64:ff9b::/96 (tayga).
     """
     internet = await lab.add_internet(uplinks=[1, 2])
     for server in (internet.server_v6, internet.server_v4, internet.management_v6):
@@ -333,11 +336,11 @@ async def start_egress_lab(lab: Lab, workdir: Path) -> EgressLab:
     mesh = MeshLab(lab, workdir)
     gateway = {"egress_nat": True, "protected_ranges": [PROTECTED]}
     gw_a = mesh.add_node(
-        1, seeds=[], name="gw-a", prefixes=["::/0", "64:ff9b::/96"],
-        advertise_prefixes=["::/0", "64:ff9b::/96"], nat64=True, **gateway,
+        1, seeds=[], name="gw-a", prefixes=[*EXIT, "64:ff9b::/96"],
+        advertise_prefixes=[*EXIT, "64:ff9b::/96"], nat64=True, **gateway,
     )  # fmt: skip
     gw_b = mesh.add_node(
-        2, seeds=[1], name="gw-b", prefixes=["::/0"], advertise_prefixes=["::/0"], **gateway
+        2, seeds=[1], name="gw-b", prefixes=EXIT, advertise_prefixes=EXIT, **gateway
     )
     client = mesh.add_node(
         0, seeds=[1], name="client", accept_routes=["64:ff9b::/96"], use_exit=True,
@@ -352,11 +355,11 @@ async def start_egress_lab(lab: Lab, workdir: Path) -> EgressLab:
         # failure moves it.
         status = await client.status()
         routes = status["node"]["routes"] if status else {}
-        return routes.keys() == {"::/0", "64:ff9b::/96"} and all(
+        return routes.keys() == {*EXIT, "64:ff9b::/96"} and all(
             r["rtt_ms"] is not None for r in routes.values()
         )
 
-    await wait_for(settled, 30, "the client to route ::/0 and 64:ff9b::/96 (RTTs known)")
+    await wait_for(settled, 30, "the client to route the exits and NAT64 (RTTs known)")
     return egress
 
 

@@ -14,8 +14,11 @@ Choosing the gateway (`choose_gateways`), per prefix, among members advertising 
    so traffic moves within the failure-detection time, not after the dead timeout;
 2. among equals, the lowest smoothed probe RTT (unknown RTT counts as worst);
 3. stability: the current gateway is kept while it is healthy and no other one is clearly
-   better (`SWITCH_RATIO` and `SWITCH_MARGIN_S`), so two equal gateways do not take turns as
-   their RTT estimates jitter; ties are broken by node ID, the same on every pass.
+   better (`SWITCH_RATIO` and `SWITCH_MARGIN_S`), and for at least `SWITCH_HOLD_S` after it was
+   chosen, so two equal gateways do not take turns as their RTT estimates jitter (on a loaded
+   host a smoothed RTT swings by several milliseconds); ties are broken by node ID, the same
+   on every pass. A failure (SUSPECT) moves traffic at once, hold or not; so does the first
+   RTT of a gateway chosen before any was known.
 
 Loops: a node must never send its own underlay traffic (WireGuard and meshd's join packets) into
 the mesh. Default routes (/0) are kept in a separate routing table behind policy rules and
@@ -31,7 +34,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from meshd.core.wgplan import Prefix, as_prefix
 
@@ -41,7 +44,10 @@ SWITCH_RATIO = 0.8
 """Another gateway must have an RTT below this fraction of the current one's..."""
 SWITCH_MARGIN_S = 0.002
 """...and be faster by at least this many seconds, before traffic moves to it: below that the
-difference is probe jitter, and moving costs a burst of reordering."""
+difference is probe jitter, and moving costs a burst of reordering..."""
+SWITCH_HOLD_S = 30.0
+"""...and the current gateway must have carried the prefix this long: at most one move for
+speed per prefix per hold time (moves break NATed connections)."""
 
 
 @dataclass(frozen=True)
@@ -88,10 +94,21 @@ class Refused:
 
 
 @dataclass(frozen=True)
+class Held:
+    """The gateway a prefix is routed through, and since when."""
+
+    node_id: bytes
+    since: float
+    """`now` of the choice that picked it."""
+
+
+@dataclass(frozen=True)
 class RouteChoice:
     gateways: dict[Prefix, bytes]
     """Accepted prefix -> node ID of the gateway it is routed through."""
     refused: tuple[Refused, ...] = ()
+    held: dict[Prefix, Held] = field(default_factory=dict, compare=False)
+    """The same choice with the time each gateway was chosen: the next call's `current`."""
 
 
 def parse_accept(values: Iterable[str]) -> tuple[Prefix, ...] | None:
@@ -113,11 +130,12 @@ def choose_gateways(
     offers: Iterable[GatewayOffer],
     policy: RoutePolicy,
     underlay: Iterable[IPAddress] = (),
-    current: Mapping[Prefix, bytes] | None = None,
+    current: Mapping[Prefix, Held] | None = None,
+    now: float = 0.0,
 ) -> RouteChoice:
     """One gateway per accepted prefix (see the module docstring). `underlay` lists the
     addresses WireGuard and meshd talk to or from outside the tunnel; `current` is the previous
-    choice, for stability."""
+    choice (`RouteChoice.held`), for stability."""
     current = current or {}
     underlay = list(underlay)
     by_prefix: dict[Prefix, list[GatewayOffer]] = {}
@@ -126,6 +144,7 @@ def choose_gateways(
             if policy.accepts(prefix):
                 by_prefix.setdefault(prefix, []).append(offer)
     gateways: dict[Prefix, bytes] = {}
+    held: dict[Prefix, Held] = {}
     refused: list[Refused] = []
     for prefix, candidates in sorted(by_prefix.items(), key=lambda kv: _key(kv[0])):
         if prefix.prefixlen:
@@ -133,8 +152,11 @@ def choose_gateways(
             if hit is not None:
                 refused.append(Refused(prefix, f"it covers underlay address {hit}"))
                 continue
-        gateways[prefix] = _pick(candidates, current.get(prefix))
-    return RouteChoice(gateways, tuple(refused))
+        before = current.get(prefix)
+        gateways[prefix] = _pick(candidates, before, now)
+        keep = before is not None and before.node_id == gateways[prefix]
+        held[prefix] = before if keep and before is not None else Held(gateways[prefix], now)
+    return RouteChoice(gateways, tuple(refused), held)
 
 
 def _key(prefix: Prefix) -> tuple[int, int, int]:
@@ -145,15 +167,17 @@ def _rank(offer: GatewayOffer) -> tuple[bool, bool, float, bytes]:
     return (not offer.healthy, offer.rtt is None, offer.rtt or 0.0, offer.node_id)
 
 
-def _pick(candidates: list[GatewayOffer], current: bytes | None) -> bytes:
+def _pick(candidates: list[GatewayOffer], current: Held | None, now: float) -> bytes:
     best = min(candidates, key=_rank)
-    held = next((c for c in candidates if c.node_id == current), None)
+    held = next((c for c in candidates if current and c.node_id == current.node_id), None)
     if held is None or held.healthy != best.healthy:
         return best.node_id  # nothing to keep, or a healthy gateway beats a suspected one
     if not held.healthy:
         return held.node_id  # all suspected: hopping between them helps nothing
     if held.rtt is None:
         return best.node_id if best.rtt is not None else held.node_id
-    assert best.rtt is not None  # best ranks before held, whose RTT is known
+    assert best.rtt is not None and current is not None  # best ranks before held (RTT known)
+    if now - current.since < SWITCH_HOLD_S:
+        return held.node_id
     clearly_better = best.rtt < held.rtt * SWITCH_RATIO and held.rtt - best.rtt > SWITCH_MARGIN_S
     return best.node_id if clearly_better else held.node_id

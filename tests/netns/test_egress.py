@@ -1,6 +1,7 @@
-"""Gateways with a simulated internet (meshd.meshlab.start_egress_lab): NAT64 through tayga, a
-NAT66 exit that is egress only (also for a container behind the client), control-plane
-protection, failover between two exits, and a clean stop."""
+"""Gateways with a simulated internet (meshd.meshlab.start_egress_lab): NAT64 through tayga for
+an IPv6-only container, NAT66/NAT44 exits that are egress only (also for that container),
+control-plane protection, failover between two exits, a clean stop, and a restart after a
+kill."""
 
 from __future__ import annotations
 
@@ -26,27 +27,30 @@ async def egress_lab(run_prefix: str, tmp_path: Path) -> AsyncIterator[EgressLab
 async def test_nat64_nat66_protection_failover_and_clean_stop(egress_lab: EgressLab) -> None:
     e = egress_lab
     gw_a, gw_b = e.gateways
-    # While meshd runs (forwarding was off before): gateway A forwards both families
-    # (NAT64), B only IPv6, the client both (its container bridge); the client has the two
-    # exit rules.
+    # While meshd runs (forwarding was off before): every host forwards both families (exits
+    # for both, NAT64, the client's container bridge); the client has the exit rules of both.
     running = {n.name: await host_traces(n.host) for n in (gw_a, gw_b, e.client)}
-    assert running["gw-a"]["forwarding"] == ["1", "1"] and running["gw-a"]["nft_table"]
-    assert running["gw-b"]["forwarding"] == ["1", "0"] and running["gw-b"]["nft_table"]
-    assert running["client"]["forwarding"] == ["1", "1"] and running["client"]["nft_table"]
-    assert sorted(r["priority"] for r in running["client"]["rules"]) == [5208, 5209]
+    for name, traces in running.items():
+        assert traces["forwarding"] == ["1", "1"] and traces["nft_table"], name
+    assert sorted(r["priority"] for r in running["client"]["rules"]) == [5208, 5208, 5209, 5209]
 
-    # NAT64: the client has no IPv4 path at all; 64:ff9b::93.184.216.34 reaches the IPv4-only
-    # server through tayga on gateway A, which the server sees as the source.
-    assert await e.fetch(str(e.internet.server_v4), within=1.0) is None
+    # NAT64: the container is IPv6-only (a ULA address, nothing else); 64:ff9b::93.184.216.34
+    # reaches the IPv4-only server through tayga on gateway A, which the server sees as the
+    # source. The client itself gets there too.
+    assert await e.container_fetch(str(e.internet.server_v4), within=1.0) is None
+    assert await e.container_fetch(e.nat64_address) == e.uplink_v4(gw_a)
     assert await e.fetch(e.nat64_address) == e.uplink_v4(gw_a)
 
     # NAT66 exit: the IPv6-only server sees the chosen exit gateway's global address; so it
-    # does from the ULA-only container behind the client (masqueraded into the mesh by the
-    # client, out of it by the exit).
+    # does from the container (masqueraded into the mesh by the client, out of it by the
+    # exit). NAT44 exit: the IPv4-only server sees the IPv4 exit's address.
     active = await e.exit_gateway()
     assert active is not None
     assert await e.fetch(str(e.internet.server_v6)) == e.uplink_v6(active)
     assert await e.container_fetch(str(e.internet.server_v6)) == e.uplink_v6(active)
+    active4 = await e.exit_gateway("0.0.0.0/0")
+    assert active4 is not None
+    assert await e.fetch(str(e.internet.server_v4)) == e.uplink_v4(active4)
 
     # Control-plane protection: the management range answers the gateway itself, never a
     # mesh client routed through it.

@@ -8,7 +8,9 @@ import ipaddress
 import pytest
 
 from meshd.core.routes import (
+    SWITCH_HOLD_S,
     GatewayOffer,
+    Held,
     Refused,
     RouteChoice,
     RoutePolicy,
@@ -81,8 +83,24 @@ ALL = RoutePolicy(None, use_exit=True)
 def test_one_gateway_per_prefix(
     offers: list[GatewayOffer], current: bytes | None, expected: bytes
 ) -> None:
-    choice = choose_gateways(offers, ALL, current={V6_DEFAULT: current} if current else None)
+    # The current gateway was chosen long enough ago for a move for speed to be allowed.
+    held = {V6_DEFAULT: Held(current, 0.0)} if current else None
+    choice = choose_gateways(offers, ALL, current=held, now=SWITCH_HOLD_S)
     assert choice == RouteChoice({V6_DEFAULT: expected})
+
+
+def test_a_move_for_speed_waits_for_the_hold_time_a_failure_does_not() -> None:
+    slow, fast = offer(A, "::/0", rtt=0.030), offer(B, "::/0", rtt=0.010)
+    first = choose_gateways([slow, fast], ALL, current={V6_DEFAULT: Held(A, 100.0)}, now=100.0)
+    assert first.gateways == {V6_DEFAULT: A} and first.held == {V6_DEFAULT: Held(A, 100.0)}
+    soon = choose_gateways([slow, fast], ALL, current=first.held, now=100.0 + SWITCH_HOLD_S - 1)
+    assert soon.gateways == {V6_DEFAULT: A}
+    later = choose_gateways([slow, fast], ALL, current=soon.held, now=100.0 + SWITCH_HOLD_S)
+    assert later.held == {V6_DEFAULT: Held(B, 100.0 + SWITCH_HOLD_S)}
+    # B fails right after: traffic moves back at once.
+    failed = offer(B, "::/0", healthy=False, rtt=0.010)
+    back = choose_gateways([slow, failed], ALL, current=later.held, now=100.0 + SWITCH_HOLD_S + 1)
+    assert back.gateways == {V6_DEFAULT: A}
 
 
 def test_each_prefix_is_chosen_on_its_own() -> None:
