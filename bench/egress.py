@@ -58,7 +58,7 @@ async def one_run(index: int, workdir: Path) -> dict[str, object]:
             (await e.container_fetch(server_v6), e.uplink_v6(active)),
         ]
         protected_blocked = (
-            await fetch(lab, active.host.netns, management) == e.uplink_v6(active)
+            await fetch(active.host.netns, management) == e.uplink_v6(active)
             and await e.fetch(management, within=1.0) is None
         )
         inbound_blocked = await e.inbound_answers(active) == (True, False)

@@ -240,7 +240,7 @@ class Internet:
         del proc
 
         async def up() -> bool:
-            return await fetch(self.lab, self.netns, address, port, within=1.0) is not None
+            return await fetch(self.netns, address, port, within=1.0) is not None
 
         await wait_for(up, 10.0, f"server on {address}:{port}", 0.05)
 
@@ -267,9 +267,7 @@ except OSError as exc:
 """
 
 
-async def fetch(
-    lab: Lab, netns: str, address: str, port: int = 80, within: float = 2.0
-) -> str | None:
+async def fetch(netns: str, address: str, port: int = 80, within: float = 2.0) -> str | None:
     """Connect from `netns` to `address`:`port` and return what an `Internet.serve` server
     says (the source address it saw), or None when the connection failed."""
     import sys

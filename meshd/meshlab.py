@@ -272,7 +272,7 @@ class EgressLab:
 
     async def fetch(self, address: str, within: float = 2.0) -> str | None:
         """What a server says when the client connects to it: the source it saw, or None."""
-        return await fetch(self.lab, self.client.host.netns, address, 80, within)
+        return await fetch(self.client.host.netns, address, 80, within)
 
     @property
     def nat64_address(self) -> str:
@@ -280,7 +280,7 @@ class EgressLab:
         return str(ipaddress.IPv6Address("64:ff9b::") + int(self.internet.server_v4))
 
     async def container_fetch(self, address: str, within: float = 2.0) -> str | None:
-        return await fetch(self.lab, self.container.netns, address, 80, within)
+        return await fetch(self.container.netns, address, 80, within)
 
     async def inbound_answers(self, gateway: MeshdNode) -> tuple[bool, bool]:
         """The internet routes the mesh /48 to `gateway` and pings (the gateway's overlay

@@ -55,7 +55,7 @@ async def test_nat64_nat66_protection_failover_and_clean_stop(egress_lab: Egress
     # Control-plane protection: the management range answers the gateway itself, never a
     # mesh client routed through it.
     management = str(e.internet.management_v6)
-    assert await fetch(e.lab, active.host.netns, management, 80) == e.uplink_v6(active)
+    assert await fetch(active.host.netns, management, 80) == e.uplink_v6(active)
     assert await e.fetch(management, within=1.0) is None
 
     # Egress only: with the mesh prefix routed to the gateway, the internet reaches the
