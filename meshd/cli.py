@@ -189,6 +189,12 @@ def format_status(status: dict[str, object]) -> str:
     warnings = status.get("warnings") or []
     assert isinstance(warnings, list)
     lines += [f"  warning: {w}" for w in warnings]
+    routes = node.get("routes") or {}
+    assert isinstance(routes, dict)
+    lines += [f"  route {prefix} via {r['gateway']}" for prefix, r in sorted(routes.items())]
+    refused = node.get("routes_refused") or {}
+    assert isinstance(refused, dict)
+    lines += [f"  route {prefix} NOT routed: {why}" for prefix, why in sorted(refused.items())]
     if not peers:
         lines.append("  no peers")
         return "\n".join(lines) + "\n"

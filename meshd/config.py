@@ -85,6 +85,42 @@ class Config:
     advertise_prefixes: list[str] = _f(
         [], "Extra prefixes to advertise; each must be granted by the certificate."
     )
+    accept_routes: list[str] = _f(
+        [],
+        "Prefixes advertised by gateways that this node routes through the mesh (anything "
+        'inside a listed prefix), or `["all"]`; default routes are governed by `use_exit` '
+        "alone. Empty: none, a node opts in.",
+    )
+    use_exit: bool = _f(
+        False,
+        "Send default traffic (`::/0`, `0.0.0.0/0`) through an exit gateway of the mesh "
+        "(policy routing; the underlay and local subnets stay direct).",
+    )
+    egress_nat: bool = _f(
+        False,
+        "Gateway: masquerade mesh traffic leaving this node (NAT66/NAT44) in nftables table "
+        "`inet meshd`; egress only, no new connection comes back in.",
+    )
+    egress_bridges: list[str] = _f(
+        [],
+        "Local bridges (containers, e.g. a ULA-only podman network) whose traffic is "
+        "masqueraded wherever it leaves (into the mesh too); egress only.",
+    )
+    protected_ranges: list[str] = _f(
+        [],
+        "Gateway: prefixes (e.g. the management network) that mesh traffic may not reach "
+        "through this node.",
+    )
+    nat64: bool = _f(
+        False,
+        "Gateway: run tayga as NAT64 for `nat64_prefix` (which must be in `advertise_prefixes`).",
+    )
+    nat64_prefix: str = _f("64:ff9b::/96", "The NAT64 prefix (RFC 6052 well-known by default).")
+    nat64_pool: str = _f(
+        "192.168.255.0/24",
+        "IPv4 pool tayga maps clients into, masqueraded to this node's IPv4 address.",
+    )
+    tayga: str = _f("/usr/sbin/tayga", "tayga binary for `nat64`.")
     membership: str = _f(
         "lan",
         "Membership timing preset: `lan` (default) or `local` (fast "
@@ -135,6 +171,37 @@ class Config:
                 ipaddress.ip_network(prefix, strict=True)
             except ValueError as exc:
                 raise ConfigError(f"advertise_prefixes: {prefix!r}: {exc}") from None
+        if self.accept_routes != ["all"]:
+            for prefix in self.accept_routes:
+                try:
+                    ipaddress.ip_network(prefix, strict=True)
+                except ValueError as exc:
+                    msg = f'{prefix!r}: {exc} (or use ["all"] alone)'
+                    raise ConfigError(f"accept_routes: {msg}") from None
+        for prefix in self.protected_ranges:
+            try:
+                ipaddress.ip_network(prefix, strict=True)
+            except ValueError as exc:
+                raise ConfigError(f"protected_ranges: {prefix!r}: {exc}") from None
+        for bridge in self.egress_bridges:
+            if not 1 <= len(bridge) <= 15 or "/" in bridge or " " in bridge:
+                raise ConfigError(f"egress_bridges: {bridge!r} is not a valid interface name")
+        try:
+            nat64_prefix = ipaddress.ip_network(self.nat64_prefix, strict=True)
+            if nat64_prefix.version != 6 or nat64_prefix.prefixlen != 96:
+                raise ValueError("tayga needs an IPv6 /96")
+        except ValueError as exc:
+            raise ConfigError(f"nat64_prefix: {self.nat64_prefix!r}: {exc}") from None
+        try:
+            pool = ipaddress.ip_network(self.nat64_pool, strict=True)
+            if pool.version != 4 or pool.num_addresses < 4:
+                raise ValueError("an IPv4 prefix of at least 4 addresses")
+        except ValueError as exc:
+            raise ConfigError(f"nat64_pool: {self.nat64_pool!r}: {exc}") from None
+        if self.nat64 and str(nat64_prefix) not in self.advertise_prefixes:
+            raise ConfigError(
+                f"nat64: nat64_prefix {nat64_prefix} must also be in advertise_prefixes"
+            )
 
 
 def split_host_port(text: str, field_name: str) -> tuple[str, int]:

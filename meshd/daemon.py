@@ -33,6 +33,7 @@ from meshd import keyfiles, logs
 from meshd.adapters import systemd
 from meshd.adapters.addresses import underlay_addresses
 from meshd.adapters.dataplane import DataPlane
+from meshd.adapters.egress import EgressGateway, roles_from_config
 from meshd.adapters.netlink import NetlinkEvent, UnderlayAddressesChanged, UnderlayLinkChanged
 from meshd.adapters.reconciler import Reconciler
 from meshd.adapters.resolver import EndpointResolver
@@ -56,7 +57,8 @@ from meshd.core.endpoints import STALE_HANDSHAKE_S, EndpointChoice
 from meshd.core.errors import MeshError, Reject, RemoteProtocolError
 from meshd.core.identity import key_id
 from meshd.core.ratelimit import SourceRateLimiter
-from meshd.core.wgplan import MeshInterface, WgDevice, WgPeer
+from meshd.core.routes import GatewayOffer, Held, RoutePolicy, choose_gateways, parse_accept
+from meshd.core.wgplan import MESHD_FWMARK, MeshInterface, Prefix, WgDevice, WgPeer, as_prefix
 from meshd.core.wire import Channel, MemberState
 from meshd.metrics import Registry
 from meshd.node import NodeIdentity, StartupError, load_identity
@@ -113,6 +115,16 @@ class Daemon:
         self._last_alive: dict[bytes, bytes] = {}
         """Newest ALIVE announcement of every member, persisted as restart contacts."""
         self._endpoint_choice: dict[bytes, EndpointChoice] = {}
+        self._gateways: dict[Prefix, Held] = {}
+        """Advertised prefix -> the member we route it through, since when (for stability)."""
+        self._refused: dict[Prefix, str] = {}
+        self._gateway_rtt: dict[bytes, float | None] = {}
+        """Probe RTT of each gateway when the routes were last chosen (shown by status)."""
+        self.route_policy = RoutePolicy(
+            parse_accept(config.accept_routes),
+            config.use_exit,
+            tuple(as_prefix(p) for p in config.advertise_prefixes),
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._side_tasks: set[asyncio.Task[None]] = set()
         self.clean_stop = True
@@ -126,6 +138,14 @@ class Daemon:
         self.backend: WireGuardBackend | None = None
         self.reconciler: Reconciler | None = None
         self.dataplane: DataPlane | None = None
+        self.egress = EgressGateway(
+            roles_from_config(
+                config.interface, config.advertise_prefixes, config.egress_nat,
+                config.egress_bridges, config.protected_ranges, config.nat64,
+                config.nat64_prefix, config.nat64_pool,
+            ),
+            config.state_dir, node.cert.addresses[0], config.tayga,
+        )  # fmt: skip
         self._last_desired: MeshInterface | None = None
         self.join_limiter = SourceRateLimiter(rate=10.0, burst=20.0)
         """Underlay traffic (join requests) per source address, before any signature check."""
@@ -283,6 +303,7 @@ class Daemon:
         await dataplane.start()  # reconciler loop, netlink monitor, resolver
         # Only now does `_after_core` see a data plane: until here it held overlay traffic.
         self.dataplane, self.reconciler = dataplane, dataplane.reconciler
+        await self.egress.start()  # forwarding, nftables, tayga: after the interface exists
         # Members learnt while WireGuard was starting (the join reply, persisted peers) are
         # applied now, and the overlay traffic held for them is released once they are in.
         self._apply_task = asyncio.get_running_loop().create_task(self._apply_now())
@@ -351,6 +372,10 @@ class Daemon:
             await self.api.stop()
         if self.transport is not None:
             await self.transport.close()
+        try:
+            await self.egress.stop()
+        except (MeshError, OSError) as exc:
+            log.error("removing gateway roles: %s", exc)
         if self.dataplane is not None:
             with contextlib.suppress(MeshError, OSError):
                 await self.dataplane.stop(destroy=not self.config.keep_interface)
@@ -473,12 +498,57 @@ class Daemon:
 
     # --- the data plane -----------------------------------------------------------------------
 
+    def _choose_gateways(self, live: list[Announcement]) -> dict[bytes, list[Prefix]]:
+        """Which advertised prefixes go to which member (meshd.core.routes); logs changes."""
+        assert self.core is not None
+        me = self.node.identity.public
+        offers = []
+        for ann in live:
+            if ann.node_id == me or not ann.prefixes:
+                continue
+            member = self.core.member(ann.node_id)
+            offers.append(
+                GatewayOffer(
+                    ann.node_id,
+                    tuple(as_prefix(p) for p in ann.prefixes),
+                    member is not None and member.state is MemberState.ALIVE,
+                    self.core.rtt(ann.node_id),
+                )
+            )
+        if not offers and not self._gateways:
+            return {}  # most meshes: nobody advertises anything, nothing to undo
+        underlay = [
+            ipaddress.ip_address(host)
+            for ann in [*live, self.core.announcement]
+            for host, _port in ann.endpoints
+        ]
+        choice = choose_gateways(
+            offers, self.route_policy, underlay, self._gateways, time.monotonic()
+        )
+        names = {ann.node_id: ann.name for ann in live}
+        for prefix, node_id in choice.gateways.items():
+            if prefix not in self._gateways or self._gateways[prefix].node_id != node_id:
+                log.info("routing %s through %s", prefix, names.get(node_id, key_id(node_id)))
+        for prefix in self._gateways.keys() - choice.gateways.keys():
+            log.info("no longer routing %s through the mesh", prefix)
+        refused = {r.prefix: r.reason for r in choice.refused}
+        for prefix, reason in refused.items():
+            if self._refused.get(prefix) != reason:
+                log.warning("not routing %s through the mesh: %s", prefix, reason)
+        self._gateways, self._refused = choice.held, refused
+        self._gateway_rtt = {o.node_id: o.rtt for o in offers}
+        by_member: dict[bytes, list[Prefix]] = {}
+        for prefix, node_id in choice.gateways.items():
+            by_member.setdefault(node_id, []).append(prefix)
+        return by_member
+
     def desired_interface(self, live: list[Announcement]) -> MeshInterface:
         """The whole interface as it should be: our key, port and addresses, and one WireGuard
-        peer per live member with AllowedIPs from its certificate's addresses only (advertised
-        prefixes are routed by the gateway feature, not yet)."""
+        peer per live member with AllowedIPs from its certificate's addresses plus the
+        advertised prefixes we route through it (one gateway per prefix, `_choose_gateways`)."""
         now = self.clock()
         peers = []
+        routed = self._choose_gateways(live) if self.core is not None else {}
         live_ids = {ann.node_id for ann in live}
         for gone in set(self._endpoint_choice) - live_ids:
             del self._endpoint_choice[gone]
@@ -494,6 +564,7 @@ class Daemon:
                 now,
             )
             allowed = [ipaddress.ip_network(a) for a in ann.cert.addresses]
+            allowed += routed.get(ann.node_id, [])
             peers.append(
                 WgPeer(
                     public_key=ann.wg_public_key,
@@ -502,7 +573,8 @@ class Daemon:
                     persistent_keepalive=self.config.persistent_keepalive,
                 )
             )
-        device = WgDevice(self.wg_key.private, self.config.listen_port, tuple(peers))
+        # The mark lets policy rules keep WireGuard's own packets out of an exit route.
+        device = WgDevice(self.wg_key.private, self.config.listen_port, tuple(peers), MESHD_FWMARK)
         addresses = tuple(
             ipaddress.ip_interface(f"{a}/{128 if ipaddress.ip_address(a).version == 6 else 32}")
             for a in self.node.cert.addresses
@@ -656,6 +728,10 @@ class Daemon:
             )
         return out
 
+    def _member_name(self, node_id: bytes) -> str:
+        member = self.core.member(node_id) if self.core is not None else None
+        return member.ann.name if member is not None else key_id(node_id)
+
     def warnings(self) -> list[str]:
         out = []
         left = self.node.cert.not_after - self.clock()
@@ -703,6 +779,14 @@ class Daemon:
                 "certificate_serial": self.node.cert.serial,
                 "certificate_expires_at": self.node.cert.not_after,
                 "local_health": self.core.health,
+                "routes": {
+                    str(prefix): {
+                        "gateway": self._member_name(held.node_id),
+                        "rtt_ms": _ms(self._gateway_rtt.get(held.node_id)),
+                    }
+                    for prefix, held in self._gateways.items()
+                },
+                "routes_refused": {str(p): reason for p, reason in self._refused.items()},
             },
             "connected": healthy,
             "warnings": self.warnings(),

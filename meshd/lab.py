@@ -115,6 +115,11 @@ class LabHost:
         self.lab._procs.append(proc)
         return proc
 
+    async def processes(self) -> list[int]:
+        """PIDs of the processes running in this namespace."""
+        r = await _exec("ip", "netns", "pids", self.netns)
+        return [int(p) for p in r.stdout.split()]
+
     def userspace_backend(self, on_exit: Callable[[str], None] | None = None) -> UserspaceBackend:
         """A wireguard-go backend for this host (private socket dir); closed on lab exit."""
         backend = UserspaceBackend(socket_dir=self.wg_dir, netns=self.netns, on_exit=on_exit)
@@ -175,6 +180,114 @@ class LabHost:
             if addr not in seen:
                 seen.append(addr)
         return seen
+
+
+@dataclass(frozen=True)
+class Container:
+    """A container on a lab host (`Lab.add_container`): a namespace behind a local bridge."""
+
+    netns: str
+    address: ipaddress.IPv6Address
+    bridge: str
+    """The bridge on the host."""
+
+
+_INET_ROUTER_V6 = ipaddress.IPv6Address("2001:db8:100::1")
+_INET_ROUTER_V4 = ipaddress.IPv4Address("198.51.100.1")
+_INET_SERVER_V6 = ipaddress.IPv6Address("2001:db8:80::80")
+# Global-looking on purpose (example.com's former address; it exists only inside the lab's
+# namespace): tayga 0.9.2 refuses to translate non-global IPv4 addresses such as the RFC 5737
+# documentation ranges under the well-known prefix 64:ff9b::/96 (RFC 6052 section 3.1).
+_INET_SERVER_V4 = ipaddress.IPv4Address("93.184.216.34")
+_INET_MANAGEMENT_V6 = ipaddress.IPv6Address("2001:db8:ff::1")
+
+
+@dataclass
+class Internet:
+    """A simulated internet (`Lab.add_internet`): namespace PREFIX-inet is a router with an
+    uplink LAN (2001:db8:100::/64, 198.51.100.0/24) to the chosen lab hosts (their `wan0`, with
+    a default route to the router) and holds the "servers" on its loopback: an IPv6-only and
+    an IPv4-only address, and one in a management range a test can declare protected. Hosts
+    without an uplink reach it only through the mesh."""
+
+    lab: Lab
+    netns: str
+    router_v6: ipaddress.IPv6Address = _INET_ROUTER_V6
+    router_v4: ipaddress.IPv4Address = _INET_ROUTER_V4
+    server_v6: ipaddress.IPv6Address = _INET_SERVER_V6
+    server_v4: ipaddress.IPv4Address = _INET_SERVER_V4
+    management_v6: ipaddress.IPv6Address = _INET_MANAGEMENT_V6
+    uplinks: dict[int, tuple[ipaddress.IPv6Address, ipaddress.IPv4Address]] = field(
+        default_factory=dict
+    )
+    """Lab host index -> its global addresses on the uplink."""
+
+    async def run(self, *argv: str, check: bool = True, within: float = 20.0) -> Result:
+        return await _exec("ip", "netns", "exec", self.netns, *argv, check=check, within=within)
+
+    async def ping(self, address: str) -> bool:
+        r = await self.run("ping", "-n", "-q", "-c1", "-W1", address, check=False)
+        return r.returncode == 0
+
+    async def serve(self, address: str, port: int = 80) -> None:
+        """A TCP server on `address` answering every connection with the client's address
+        (what a web server's access log would show), ready when this returns."""
+        import sys
+
+        proc = await _exec_spawn(
+            self.lab, self.netns, sys.executable, "-m", "meshd.lab", "serve", address, str(port)
+        )
+        del proc
+
+        async def up() -> bool:
+            return await fetch(self.netns, address, port, within=1.0) is not None
+
+        await wait_for(up, 10.0, f"server on {address}:{port}", 0.05)
+
+
+async def _exec_spawn(lab: Lab, netns: str, *argv: str) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", netns, *argv,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    lab._procs.append(proc)
+    return proc
+
+
+_FETCH = """
+import socket, sys
+try:
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])) as s:
+        s.settimeout(float(sys.argv[3]))
+        print(s.recv(200).decode().strip())
+except OSError as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+async def fetch(netns: str, address: str, port: int = 80, within: float = 2.0) -> str | None:
+    """Connect from `netns` to `address`:`port` and return what an `Internet.serve` server
+    says (the source address it saw), or None when the connection failed."""
+    import sys
+
+    r = await _exec(
+        "ip", "netns", "exec", netns, sys.executable, "-c", _FETCH, address, str(port),
+        str(within), check=False, within=within + 5,
+    )  # fmt: skip
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+async def serve_peer_address(address: str, port: int) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(f"{writer.get_extra_info('peername')[0]}\n".encode())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, address, port)
+    async with server:
+        await server.serve_forever()
 
 
 class Lab:
@@ -277,6 +390,80 @@ class Lab:
         wg_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         return LabHost(self, i, ns, v6, v4, wg_dir)
 
+    async def add_internet(self, uplinks: list[int]) -> Internet:
+        """The simulated internet (see `Internet`), with an uplink to each host in `uplinks`."""
+        inet = Internet(self, f"{self.prefix}-inet")
+        await self._add_ns(inet.netns)
+        run = ("ip", "-n", inet.netns)
+        await _exec(*run, "link", "add", "name", "br0", "index", "20", "type", "bridge")
+        await _exec(*run, "addr", "add", f"{inet.router_v6}/64", "dev", "br0", "nodad")
+        await _exec(*run, "addr", "add", f"{inet.router_v4}/24", "dev", "br0")
+        await _exec(*run, "link", "set", "dev", "br0", "up")
+        for server in (inet.server_v6, inet.server_v4, inet.management_v6):
+            await _exec(*run, "addr", "add", str(server), "dev", "lo")
+        for i in uplinks:
+            host = self.hosts[i]
+            v6 = ipaddress.IPv6Address(int(inet.router_v6) + 1 + i)
+            v4 = ipaddress.IPv4Address(int(inet.router_v4) + 1 + i)
+            await _exec(
+                *run, "link", "add", "name", f"u{i}", "index", str(2000 + i),
+                "type", "veth", "peer", "name", "wan0", "netns", host.netns, "index", str(200 + i),
+            )  # fmt: skip
+            await _exec(*run, "link", "set", "dev", f"u{i}", "master", "br0", "up")
+            h = ("ip", "-n", host.netns)
+            await _exec(*h, "addr", "add", f"{v6}/64", "dev", "wan0", "nodad")
+            await _exec(*h, "addr", "add", f"{v4}/24", "dev", "wan0")
+            await _exec(*h, "link", "set", "dev", "wan0", "up")
+            await _exec(*h, "route", "add", "default", "via", str(inet.router_v6))
+            await _exec(*h, "route", "add", "default", "via", str(inet.router_v4))
+            inet.uplinks[i] = (v6, v4)
+        for i in uplinks:
+
+            async def reachable(i: int = i) -> bool:
+                r = await _exec(
+                    "ip", "netns", "exec", self.hosts[i].netns,
+                    "ping", "-n", "-q", "-c1", "-W1", str(inet.server_v6), check=False,
+                )  # fmt: skip
+                return r.returncode == 0
+
+            await wait_for(reachable, 5.0, f"{self.hosts[i].netns} uplink")
+        return inet
+
+    async def add_container(
+        self, index: int, bridge: str = "ctr0", subnet: str = "fd00:c0::/64"
+    ) -> Container:
+        """A container network on host `index`, as podman or Docker make it: bridge `bridge`
+        holding the first address of the IPv6-only (ULA) `subnet`, and one container (a
+        namespace PREFIX-hIc) with the second address and a default route via the bridge."""
+        host = self.hosts[index]
+        net = ipaddress.IPv6Network(subnet)
+        gateway, address = net.network_address + 1, net.network_address + 2
+        container = Container(f"{host.netns}c", address, bridge)
+        await self._add_ns(container.netns)
+        h = ("ip", "-n", host.netns)
+        await _exec(*h, "link", "add", "name", bridge, "index", str(300 + index), "type", "bridge")
+        await _exec(*h, "addr", "add", f"{gateway}/{net.prefixlen}", "dev", bridge, "nodad")
+        await _exec(*h, "link", "set", "dev", bridge, "up")
+        await _exec(
+            *h, "link", "add", "name", f"c{index}", "index", str(3000 + index),
+            "type", "veth", "peer", "name", "eth0", "netns", container.netns, "index", "400",
+        )  # fmt: skip
+        await _exec(*h, "link", "set", "dev", f"c{index}", "master", bridge, "up")
+        c = ("ip", "-n", container.netns)
+        await _exec(*c, "addr", "add", f"{address}/{net.prefixlen}", "dev", "eth0", "nodad")
+        await _exec(*c, "link", "set", "dev", "eth0", "up")
+        await _exec(*c, "route", "add", "default", "via", str(gateway))
+
+        async def bridged() -> bool:
+            r = await _exec(
+                "ip", "netns", "exec", container.netns, "ping", "-n", "-q", "-c1", "-W1",
+                str(gateway), check=False,
+            )  # fmt: skip
+            return r.returncode == 0
+
+        await wait_for(bridged, 5.0, f"container {container.netns} to reach its bridge")
+        return container
+
     async def _ready(self, host: LabHost) -> bool:
         r = await _exec("ip", "-n", host.netns, "-j", "addr", "show", "dev", "eth0")
         info = json.loads(r.stdout)[0]
@@ -318,3 +505,13 @@ class Lab:
             with contextlib.suppress(OSError):
                 path.write_text(str(old))
         self._sysctl_restore.clear()
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] == ["serve"] and len(sys.argv) == 4:
+        asyncio.run(serve_peer_address(sys.argv[2], int(sys.argv[3])))
+    else:
+        print("usage: python -m meshd.lab serve ADDRESS PORT", file=sys.stderr)
+        sys.exit(2)

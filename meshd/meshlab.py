@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -32,7 +33,7 @@ from meshd.ca import CertificateAuthority
 from meshd.client import MeshdClient, MeshdNotRunning
 from meshd.core.cert import Certificate
 from meshd.core.identity import SigningKey
-from meshd.lab import Lab, LabHost, wait_for
+from meshd.lab import Container, Internet, Lab, LabHost, fetch, wait_for
 
 MESHD_PORT = 51821
 
@@ -109,10 +110,16 @@ class MeshLab:
         self.ca = CertificateAuthority.init(workdir / "ca", mesh, force=True)
 
     def add_node(
-        self, index: int, seeds: list[int], name: str | None = None, **extra: Any
+        self,
+        index: int,
+        seeds: list[int],
+        name: str | None = None,
+        prefixes: list[str] | None = None,
+        **extra: Any,
     ) -> MeshdNode:
         """Certificate, key and config for a meshd on lab host `index`, joining through the
-        meshd ports of the hosts in `seeds` (by index, IPv6 underlay)."""
+        meshd ports of the hosts in `seeds` (by index, IPv6 underlay). The certificate grants
+        `prefixes`; `extra` are config fields."""
         host = self.lab.hosts[index]
         name = name or f"node{index}"
         directory = self.workdir / name
@@ -123,7 +130,7 @@ class MeshLab:
             identity_key=identity.public,
             ipv4="auto",
             ipv4_pool="100.64.0.0/16",
-            prefixes=[],
+            prefixes=prefixes or [],
             roles=[],
             not_before=now - 300,
             not_after=now + 30 * 86400,
@@ -231,3 +238,151 @@ class MeshLab:
                 ]
                 print(f"--- {n.name}: {peers}\n{n.log_tail(15)}", file=sys.stderr)
             raise
+
+
+# --- gateways and a simulated internet ------------------------------------------------------
+
+PROTECTED = "2001:db8:ff::/48"
+EXIT = ["::/0", "0.0.0.0/0"]
+
+
+@dataclass
+class EgressLab:
+    lab: Lab
+    internet: Internet
+    mesh: MeshLab
+    client: MeshdNode
+    gateways: list[MeshdNode]
+    container: Container
+    """A ULA-only container behind the client (its bridge in `egress_bridges`)."""
+    baseline: dict[str, dict[str, object]]
+    """`host_traces` of every lab host before meshd started."""
+
+    def uplink_v6(self, node: MeshdNode) -> str:
+        return str(self.internet.uplinks[node.host.index][0])
+
+    def uplink_v4(self, node: MeshdNode) -> str:
+        return str(self.internet.uplinks[node.host.index][1])
+
+    async def exit_gateway(self, prefix: str = "::/0") -> MeshdNode | None:
+        """The gateway the client routes `prefix` through now (from its status)."""
+        status = await self.client.status()
+        name = (status or {}).get("node", {}).get("routes", {}).get(prefix, {}).get("gateway")
+        return next((g for g in self.gateways if g.name == name), None)
+
+    async def fetch(self, address: str, within: float = 2.0) -> str | None:
+        """What a server says when the client connects to it: the source it saw, or None."""
+        return await fetch(self.client.host.netns, address, 80, within)
+
+    @property
+    def nat64_address(self) -> str:
+        """The IPv4-only server's address under the NAT64 prefix 64:ff9b::/96."""
+        return str(ipaddress.IPv6Address("64:ff9b::") + int(self.internet.server_v4))
+
+    async def container_fetch(self, address: str, within: float = 2.0) -> str | None:
+        return await fetch(self.container.netns, address, 80, within)
+
+    async def inbound_answers(self, gateway: MeshdNode) -> tuple[bool, bool]:
+        """The internet routes the mesh /48 to `gateway` and pings (the gateway's overlay
+        address, the client's): an egress-only gateway answers itself, never lets it through."""
+        mesh48 = ipaddress.ip_network(f"{self.client.overlay_v6}/48", strict=False)
+        await self.internet.run(
+            "ip", "route", "replace", str(mesh48), "via", self.uplink_v6(gateway)
+        )
+        return (
+            await self.internet.ping(gateway.overlay_v6),
+            await self.internet.ping(self.client.overlay_v6),
+        )
+
+    async def failover(self, active: MeshdNode, within: float = 30.0) -> float:
+        """Cut `active`'s mesh underlay (its eth0 goes down) and return the seconds until the
+        client's traffic to the IPv6 server leaves through the other exit."""
+        other = next(g for g in self.gateways if g is not active)
+        cut = time.monotonic()
+        await active.host.run("ip", "link", "set", "dev", "eth0", "down")
+
+        async def through_other() -> bool:
+            address = str(self.internet.server_v6)
+            return await self.fetch(address, within=0.5) == self.uplink_v6(other)
+
+        await wait_for(through_other, within, f"traffic to move to {other.name}", 0.0)
+        return time.monotonic() - cut
+
+    async def stop_all(self) -> dict[str, dict[str, object]]:
+        """SIGTERM every meshd; returns `host_traces` of each host afterwards (by host)."""
+        nodes = [self.client, *self.gateways]
+        await asyncio.gather(*(self.mesh.stop(n, signal.SIGTERM) for n in nodes))
+        return {f"h{n.host.index}": await host_traces(n.host) for n in nodes}
+
+
+async def start_egress_lab(lab: Lab, workdir: Path) -> EgressLab:
+    """The egress topology, servers listening, the mesh formed and the client's routes chosen
+    (tests/netns/test_egress.py, bench/egress.py):
+
+        h0 client, IPv6-only container  --mesh--  h1 gw-a: exit + NAT64  --+-- internet
+                                                  h2 gw-b: exit          --+
+
+    Exits advertise ::/0 and 0.0.0.0/0 (NAT66 and NAT44), gw-a also 64:ff9b::/96 (tayga).
+    """
+    internet = await lab.add_internet(uplinks=[1, 2])
+    for server in (internet.server_v6, internet.server_v4, internet.management_v6):
+        await internet.serve(str(server))
+    container = await lab.add_container(0)
+    for host in lab.hosts:  # hosts that do not forward (new namespaces may copy the machine's)
+        await host.run(
+            "sysctl", "-q", "-w", "net.ipv4.ip_forward=0", "net.ipv6.conf.all.forwarding=0"
+        )
+    baseline = {f"h{h.index}": await host_traces(h) for h in lab.hosts}
+    mesh = MeshLab(lab, workdir)
+    gateway = {"egress_nat": True, "protected_ranges": [PROTECTED]}
+    gw_a = mesh.add_node(
+        1, seeds=[], name="gw-a", prefixes=[*EXIT, "64:ff9b::/96"],
+        advertise_prefixes=[*EXIT, "64:ff9b::/96"], nat64=True, **gateway,
+    )  # fmt: skip
+    gw_b = mesh.add_node(
+        2, seeds=[1], name="gw-b", prefixes=EXIT, advertise_prefixes=EXIT, **gateway
+    )
+    client = mesh.add_node(
+        0, seeds=[1], name="client", accept_routes=["64:ff9b::/96"], use_exit=True,
+        egress_bridges=[container.bridge],
+    )  # fmt: skip
+    await mesh.start_mesh([gw_a, gw_b, client])
+    egress = EgressLab(lab, internet, mesh, client, [gw_a, gw_b], container, baseline)
+
+    async def settled() -> bool:
+        # Routes chosen with the gateway's probe RTT known: a choice made before (by node ID)
+        # moves once the first RTTs come in; after that only a clearly faster gateway or a
+        # failure moves it.
+        status = await client.status()
+        routes = status["node"]["routes"] if status else {}
+        return routes.keys() == {*EXIT, "64:ff9b::/96"} and all(
+            r["rtt_ms"] is not None for r in routes.values()
+        )
+
+    await wait_for(settled, 30, "the client to route the exits and NAT64 (RTTs known)")
+    return egress
+
+
+async def host_traces(host: LabHost) -> dict[str, object]:
+    """Everything meshd may have changed in a host's namespace."""
+    nft = await host.run("nft", "list", "table", "inet", "meshd", check=False)
+    routes = await host.run("ip", "-j", "route", "show", "table", "all", "proto", "109")
+    routes6 = await host.run("ip", "-j", "-6", "route", "show", "table", "all", "proto", "109")
+    rules = [
+        r
+        for family in ("-4", "-6")
+        for r in json.loads((await host.run("ip", "-j", family, "rule")).stdout)
+        if r.get("protocol") == "109"
+    ]
+    links = [link["ifname"] for link in json.loads((await host.run("ip", "-j", "link")).stdout)]
+    forwarding = (
+        await host.run("sysctl", "-n", "net.ipv6.conf.all.forwarding", "net.ipv4.ip_forward")
+    ).stdout.split()
+    return {
+        "nft_table": nft.returncode == 0,
+        "routes": json.loads(routes.stdout) + json.loads(routes6.stdout),
+        "rules": rules,
+        "links": sorted(links),
+        "forwarding": forwarding,
+        "processes": await host.processes(),
+    }

@@ -158,6 +158,8 @@ class DataPlane:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        if destroy:
+            await self.reconciler.remove_exit_rules()
         await self.reconciler.close()
         if destroy and self._desired is not None:
             await self.reconciler.backend.destroy(self._desired.name)

@@ -10,6 +10,9 @@ and a pass over a converged interface changes nothing.
 
 Only routes with meshd's protocol number are ever read, changed or deleted; a route someone else
 made with the same destination is left alone (our add then fails with EEXIST, which is logged).
+Default routes (an exit, docs/egress.md) go to MESHD_EXIT_TABLE and come with two policy rules
+(`exit_rules`); a default route whose rules are missing is read as missing, so the next pass
+puts both back. The rules are removed on stop (`remove_exit_rules`).
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from meshd.adapters.rtnl import (
     IPRoute,
+    Rule,
     change_routes,
+    change_rules,
     collect,
     dump_routes,
+    dump_rule_priorities,
     open_iproute,
     open_route_socket,
 )
@@ -44,6 +50,8 @@ from meshd.adapters.wireguard import (
 from meshd.aio import wait_event
 from meshd.core.errors import MeshError
 from meshd.core.wgplan import (
+    MESHD_EXIT_TABLE,
+    MESHD_FWMARK,
     MESHD_ROUTE_PROTO,
     AddAddress,
     Address,
@@ -65,6 +73,20 @@ log = logging.getLogger(__name__)
 IFF_UP = 0x1
 _LINK_OPS = (SetMtu, SetLinkUp, AddAddress, RemoveAddress, AddRoute, RemoveRoute)
 RT_TABLE_MAIN = 254
+EXIT_RULE_PRIORITY = 5208
+"""Priority of the first of the two exit rules (the second takes the next number); below
+32766 (main), like wg-quick's and Tailscale's rules, so they are consulted first."""
+
+
+def exit_rules(family: int) -> tuple[Rule, Rule]:
+    """What makes a default route in MESHD_EXIT_TABLE safe (wg-quick's scheme): first look in
+    main ignoring its default route, so local subnets, the underlay and mesh host routes stay
+    as they are; then everything not marked as WireGuard's (or meshd's underlay) traffic goes
+    to the exit table. Marked traffic falls through to main: the tunnel never carries itself."""
+    return (
+        Rule(family, EXIT_RULE_PRIORITY, RT_TABLE_MAIN, suppress_prefixlength=0),
+        Rule(family, EXIT_RULE_PRIORITY + 1, MESHD_EXIT_TABLE, MESHD_FWMARK, invert=True),
+    )
 
 
 class ReconcileError(MeshError):
@@ -253,7 +275,18 @@ class Reconciler:
         routes: list[Prefix] = [
             r.dst
             for r in await dump_routes(self._route_sock)
-            if r.proto == self.route_proto and r.oif == index and r.table == RT_TABLE_MAIN
+            if r.proto == self.route_proto
+            and r.oif == index
+            and (r.table == RT_TABLE_MAIN or (r.table == MESHD_EXIT_TABLE and not r.dst.prefixlen))
+        ]
+        # A default route counts as present only with its policy rules: if someone deleted
+        # them, the route is planned again and the rules come back with it.
+        rules = await dump_rule_priorities(self._route_sock, self.route_proto)
+        routes = [
+            r
+            for r in routes
+            if r.prefixlen
+            or {(rule.family, rule.priority) for rule in exit_rules(_family(r))} <= rules
         ]
         return MeshInterface(
             ifname,
@@ -302,9 +335,20 @@ class Reconciler:
     async def _route_ops(self, ifname: str, index: int, ops: list[AddRoute | RemoveRoute]) -> None:
         if self._route_sock is None:
             self._route_sock = open_route_socket(self.netns)
-        changes = [(isinstance(op, AddRoute), op.prefix) for op in ops]
-        codes = await change_routes(self._route_sock, changes, index, self.route_proto)
-        for op, code in zip(ops, codes, strict=True):
+        main = [op for op in ops if op.prefix.prefixlen]
+        exits = [op for op in ops if not op.prefix.prefixlen]
+        codes = await change_routes(
+            self._route_sock, [(isinstance(op, AddRoute), op.prefix) for op in main],
+            index, self.route_proto,
+        )  # fmt: skip
+        if exits:
+            codes += await change_routes(
+                self._route_sock, [(isinstance(op, AddRoute), op.prefix) for op in exits],
+                index, self.route_proto, MESHD_EXIT_TABLE,
+            )  # fmt: skip
+            wanted = self.desired.routes if self.desired is not None else ()
+            await self._sync_exit_rules({_family(r) for r in wanted if not r.prefixlen})
+        for op, code in zip(main + exits, codes, strict=True):
             if code == errno.EEXIST and isinstance(op, AddRoute):
                 # "add", not "replace": replace would take over someone else's route with the
                 # same destination and metric. Theirs stays; we log and keep planning it.
@@ -315,6 +359,37 @@ class Reconciler:
                 raise ReconcileError(
                     f"{describe_op(op)} on {ifname}: [Errno {code}] {os.strerror(code)}"
                 )
+
+    async def _sync_exit_rules(self, families: set[int]) -> None:
+        """Exit rules for exactly `families` (those with a default route via the mesh)."""
+        assert self._route_sock is not None
+        have = await dump_rule_priorities(self._route_sock, self.route_proto)
+        changes: list[tuple[bool, Rule]] = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for rule in exit_rules(family):
+                present = (family, rule.priority) in have
+                if family in families and not present:
+                    changes.append((True, rule))
+                elif family not in families and present:
+                    changes.append((False, rule))
+        if not changes:
+            return
+        codes = await change_rules(self._route_sock, changes, self.route_proto)
+        for (add, rule), code in zip(changes, codes, strict=True):
+            if code not in (0, errno.EEXIST, errno.ENOENT):
+                verb = "adding" if add else "removing"
+                raise ReconcileError(
+                    f"{verb} policy rule {rule.priority}: [Errno {code}] {os.strerror(code)}"
+                )
+
+    async def remove_exit_rules(self) -> None:
+        """Remove meshd's policy rules (on stop; the interface's routes go with it)."""
+        try:
+            if self._route_sock is None:
+                self._route_sock = open_route_socket(self.netns)
+            await self._sync_exit_rules(set())
+        except (OSError, ReconcileError) as exc:
+            log.warning("removing policy rules: %s", exc)
 
     async def _link_op(self, ipr: IPRoute, index: int, op: Op) -> None:
         if isinstance(op, SetMtu):
@@ -335,6 +410,10 @@ class Reconciler:
             except NetlinkError as exc:
                 if exc.code != errno.EADDRNOTAVAIL:
                     raise
+
+
+def _family(prefix: Prefix) -> int:
+    return socket.AF_INET if prefix.version == 4 else socket.AF_INET6
 
 
 def describe_op(op: Op) -> str:

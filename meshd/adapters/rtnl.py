@@ -335,7 +335,12 @@ def _attr(kind: int, value: bytes) -> bytes:
 
 
 def _route_request(
-    seq: int, add: bool, dst: ipaddress.IPv4Network | ipaddress.IPv6Network, oif: int, proto: int
+    seq: int,
+    add: bool,
+    dst: ipaddress.IPv4Network | ipaddress.IPv6Network,
+    oif: int,
+    proto: int,
+    table: int = _RT_TABLE_MAIN,
 ) -> bytes:
     family = socket.AF_INET if dst.version == 4 else socket.AF_INET6
     if add:
@@ -344,8 +349,12 @@ def _route_request(
         kind, flags, rtype = _RTM_NEWROUTE, _NLM_F_CREATE | _NLM_F_EXCL, _RTN_UNICAST
     else:
         scope, kind, flags, rtype = _RT_SCOPE_NOWHERE, _RTM_DELROUTE, 0, 0
-    body = _RTMSG.pack(family, dst.prefixlen, 0, 0, _RT_TABLE_MAIN, proto, scope, rtype, 0)
+    # rtm_table is 8 bits; a larger table number goes in RTA_TABLE (as iproute2 does).
+    body = _RTMSG.pack(
+        family, dst.prefixlen, 0, 0, table if table < 256 else 252, proto, scope, rtype, 0
+    )
     body += _attr(_RTA_DST, dst.network_address.packed) + _attr(_RTA_OIF, struct.pack("=I", oif))
+    body += _attr(_RTA_TABLE, struct.pack("=I", table))
     flags |= _NLM_F_REQUEST | _NLM_F_ACK
     return _NLMSG_HDR.pack(_NLMSG_HDR.size + len(body), kind, flags, seq, 0) + body
 
@@ -355,8 +364,9 @@ async def change_routes(
     changes: list[tuple[bool, ipaddress.IPv4Network | ipaddress.IPv6Network]],
     oif: int,
     proto: int,
+    table: int = _RT_TABLE_MAIN,
 ) -> list[int]:
-    """Add (True) or delete (False) device routes via `oif` in the main table with protocol
+    """Add (True) or delete (False) device routes via `oif` in `table` with protocol
     `proto`; returns one errno per change (0 = done). Deleting matches `proto`, so a route of
     another protocol is never removed."""
     loop = asyncio.get_running_loop()
@@ -366,7 +376,7 @@ async def change_routes(
         # Sequence numbers 2.. (1 is the dump's); index = seq - 2.
         sock.send(
             b"".join(
-                _route_request(start + i + 2, add, dst, oif, proto)
+                _route_request(start + i + 2, add, dst, oif, proto, table)
                 for i, (add, dst) in enumerate(chunk)
             )
         )
@@ -382,4 +392,116 @@ async def change_routes(
                     results[seq - 2] = -struct.unpack_from("=i", data, offset + 16)[0]
                     pending -= 1
                 offset += (length + 3) & ~3
+    return results
+
+
+# --- policy rules (exit routes) ----------------------------------------------------------------
+#
+# pyroute2 0.9's rule() drops an attribute whose value is 0 (suppress_prefixlength 0 is the
+# point of the first rule), so rules are encoded here like the routes above.
+
+_RTM_NEWRULE, _RTM_DELRULE, _RTM_GETRULE = 32, 33, 34
+_FRA_PRIORITY, _FRA_FWMARK, _FRA_SUPPRESS_PREFIXLEN, _FRA_TABLE, _FRA_FWMASK = 6, 10, 14, 15, 16
+_FRA_PROTOCOL = 21
+_FR_ACT_TO_TBL = 1
+_FIB_RULE_INVERT = 0x2
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A policy rule `[not] fwmark M lookup TABLE [suppress_prefixlength N]` at a priority."""
+
+    family: int
+    """AF_INET or AF_INET6."""
+    priority: int
+    table: int
+    fwmark: int | None = None
+    """Match this mark (all 32 bits); None matches every packet."""
+    invert: bool = False
+    """Match packets *without* the mark (`not fwmark M`)."""
+    suppress_prefixlength: int | None = None
+    """Ignore answers of this prefix length or shorter (0: ignore the default route)."""
+
+
+def _rule_request(seq: int, add: bool, rule: Rule, proto: int) -> bytes:
+    flags = _FIB_RULE_INVERT if rule.invert else 0
+    body = _RTMSG.pack(rule.family, 0, 0, 0, 0, 0, 0, _FR_ACT_TO_TBL, flags)
+    body += _attr(_FRA_PRIORITY, struct.pack("=I", rule.priority))
+    body += _attr(_FRA_PROTOCOL, struct.pack("=B", proto))
+    if add:
+        body += _attr(_FRA_TABLE, struct.pack("=I", rule.table))
+        if rule.fwmark is not None:
+            body += _attr(_FRA_FWMARK, struct.pack("=I", rule.fwmark))
+            body += _attr(_FRA_FWMASK, struct.pack("=I", 0xFFFFFFFF))
+        if rule.suppress_prefixlength is not None:
+            body += _attr(_FRA_SUPPRESS_PREFIXLEN, struct.pack("=I", rule.suppress_prefixlength))
+        kind, mflags = _RTM_NEWRULE, _NLM_F_CREATE | _NLM_F_EXCL
+    else:
+        kind, mflags = _RTM_DELRULE, 0
+    mflags |= _NLM_F_REQUEST | _NLM_F_ACK
+    return _NLMSG_HDR.pack(_NLMSG_HDR.size + len(body), kind, mflags, seq, 0) + body
+
+
+async def dump_rule_priorities(sock: socket.socket, proto: int) -> set[tuple[int, int]]:
+    """(family, priority) of every policy rule carrying protocol `proto`."""
+    loop = asyncio.get_running_loop()
+    request = _RTMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0, 0, 0, 0, 0)
+    sock.send(
+        _NLMSG_HDR.pack(
+            _NLMSG_HDR.size + len(request), _RTM_GETRULE, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0
+        )
+        + request
+    )
+    found: set[tuple[int, int]] = set()
+    while True:
+        data = await _recv(loop, sock)
+        offset = 0
+        while offset + _NLMSG_HDR.size <= len(data):
+            length, kind, _flags, _seq, _pid = _NLMSG_HDR.unpack_from(data, offset)
+            if length < _NLMSG_HDR.size:
+                break
+            body = offset + _NLMSG_HDR.size
+            if kind == _NLMSG_DONE:
+                return found
+            if kind == _NLMSG_ERROR:
+                code = -struct.unpack_from("=i", data, body)[0]
+                raise OSError(code, f"dumping rules: {os.strerror(code)}")
+            if kind == _RTM_NEWRULE:
+                family = data[body]
+                priority, rule_proto = 0, 0
+                pos, end = body + _RTMSG.size, offset + length
+                while pos + _RTATTR.size <= end:
+                    alen, atype = _RTATTR.unpack_from(data, pos)
+                    if alen < _RTATTR.size:
+                        break
+                    if atype == _FRA_PRIORITY:
+                        priority = struct.unpack_from("=I", data, pos + _RTATTR.size)[0]
+                    elif atype == _FRA_PROTOCOL:
+                        rule_proto = data[pos + _RTATTR.size]
+                    pos += (alen + 3) & ~3
+                if rule_proto == proto:
+                    found.add((family, priority))
+            offset += (length + 3) & ~3
+
+
+async def change_rules(
+    sock: socket.socket, changes: list[tuple[bool, Rule]], proto: int
+) -> list[int]:
+    """Add (True) or delete (False) policy rules with protocol `proto`; one errno per change.
+    Deleting matches family, priority and protocol, so nobody else's rule is removed."""
+    loop = asyncio.get_running_loop()
+    sock.send(b"".join(_rule_request(i + 2, add, r, proto) for i, (add, r) in enumerate(changes)))
+    results = [0] * len(changes)
+    pending = len(changes)
+    while pending:
+        data = await _recv(loop, sock)
+        offset = 0
+        while offset + _NLMSG_HDR.size <= len(data):
+            length, kind, _f, seq, _pid = _NLMSG_HDR.unpack_from(data, offset)
+            if length < _NLMSG_HDR.size:
+                break
+            if kind == _NLMSG_ERROR and 2 <= seq < len(changes) + 2:
+                results[seq - 2] = -struct.unpack_from("=i", data, offset + 16)[0]
+                pending -= 1
+            offset += (length + 3) & ~3
     return results

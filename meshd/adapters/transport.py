@@ -25,6 +25,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from meshd.core.wgplan import MESHD_FWMARK
+
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
@@ -108,6 +110,10 @@ class MeshTransport:
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
         except OSError:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        # Join packets to seeds travel on the underlay: marked like WireGuard's, an exit route
+        # never captures them (docs/egress.md). Needs CAP_NET_ADMIN, which meshd has.
+        with contextlib.suppress(PermissionError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, MESHD_FWMARK)
         sock.setblocking(False)
         try:
             sock.bind(("::", self.port))

@@ -31,6 +31,7 @@ from meshd.core.wgplan import (
     AddPeer,
     Prefix,
     RemovePeer,
+    SetFwmark,
     SetListenPort,
     SetPrivateKey,
     UpdatePeer,
@@ -121,6 +122,8 @@ def encode_uapi_set(ops: Sequence[WgOp]) -> list[str]:
             lines.append(f"private_key={op.private_key.hex()}")
         elif isinstance(op, SetListenPort):
             lines.append(f"listen_port={op.port}")
+        elif isinstance(op, SetFwmark):
+            lines.append(f"fwmark={op.fwmark}")
         elif isinstance(op, RemovePeer):
             lines += [f"public_key={op.public_key.hex()}", "remove=true"]
         else:
@@ -152,6 +155,7 @@ _COUNTERS = ("last_handshake_time_sec", "last_handshake_time_nsec", "rx_bytes", 
 def decode_uapi_get(lines: Sequence[str]) -> DeviceStatus:
     private_key = ZERO_KEY
     listen_port = 0
+    fwmark = 0
     peers: list[dict[str, Any]] = []
     for line in lines:
         key, _, value = line.partition("=")
@@ -159,6 +163,8 @@ def decode_uapi_get(lines: Sequence[str]) -> DeviceStatus:
             private_key = bytes.fromhex(value)
         elif key == "listen_port":
             listen_port = int(value)
+        elif key == "fwmark":
+            fwmark = int(value)
         elif key == "public_key":
             peers.append({"public_key": bytes.fromhex(value), "allowed_ips": []})
         elif peers:
@@ -188,7 +194,7 @@ def decode_uapi_get(lines: Sequence[str]) -> DeviceStatus:
         statuses[peer.public_key] = PeerStatus(
             peer, handshake, p.get("rx_bytes", 0), p.get("tx_bytes", 0)
         )
-    device = WgDevice(private_key, listen_port, tuple(s.peer for s in statuses.values()))
+    device = WgDevice(private_key, listen_port, tuple(s.peer for s in statuses.values()), fwmark)
     return DeviceStatus(device, statuses)
 
 
@@ -417,7 +423,22 @@ class UserspaceBackend:
                 await watcher
 
     async def destroy(self, ifname: str) -> None:
+        adopted = ifname not in self._procs and await self._answers(ifname)
         await self._stop(ifname)
+        if not adopted:
+            return
+        # A wireguard-go adopted from an earlier run (meshd was killed) is not our child to
+        # signal: deleting its tun ends it, and it removes its socket on the way out.
+        from meshd.adapters.rtnl import open_iproute
+
+        async with open_iproute(self.netns) as ipr:
+            with contextlib.suppress(Exception):
+                await ipr.link("del", ifname=ifname)
+        for _ in range(100):  # up to 2 s
+            if not self.socket_path(ifname).exists():
+                return
+            await asyncio.sleep(0.02)
+        log.warning("wireguard-go for %s still running after its interface was deleted", ifname)
 
     async def close(self) -> None:
         for ifname in list(self._procs):
@@ -431,6 +452,8 @@ def describe(ops: Sequence[WgOp]) -> str:
         kinds.append("private key")
     if any(isinstance(o, SetListenPort) for o in ops):
         kinds.append("listen port")
+    if any(isinstance(o, SetFwmark) for o in ops):
+        kinds.append("fwmark")
     n = sum(isinstance(o, AddPeer | UpdatePeer | RemovePeer) for o in ops)
     if n:
         kinds.append(f"{n} peer(s)")
@@ -490,16 +513,17 @@ class KernelBackend:
             raise WireGuardError(f"reading {ifname}: {exc}") from None
         finally:
             wg.close()
-        private_key, port, statuses = ZERO_KEY, 0, {}
+        private_key, port, fwmark, statuses = ZERO_KEY, 0, 0, {}
         for msg in msgs:
             pk = msg.get("WGDEVICE_A_PRIVATE_KEY")
             if pk:
                 private_key = b64decode(pk)
             port = msg.get("WGDEVICE_A_LISTEN_PORT") or port
+            fwmark = msg.get("WGDEVICE_A_FWMARK") or fwmark
             for p in msg.get("WGDEVICE_A_PEERS") or []:
                 status = _kernel_peer(p)
                 statuses[status.peer.public_key] = status
-        device = WgDevice(private_key, port, tuple(s.peer for s in statuses.values()))
+        device = WgDevice(private_key, port, tuple(s.peer for s in statuses.values()), fwmark)
         return DeviceStatus(device, statuses)
 
     async def apply(self, ifname: str, ops: Sequence[WgOp]) -> None:
@@ -512,6 +536,8 @@ class KernelBackend:
                     await wg.set(ifname, private_key=b64encode(op.private_key).decode())
                 elif isinstance(op, SetListenPort):
                     await wg.set(ifname, listen_port=op.port)
+                elif isinstance(op, SetFwmark):
+                    await wg.set(ifname, fwmark=op.fwmark)
                 elif isinstance(op, RemovePeer):
                     key = b64encode(op.public_key).decode()
                     await wg.set(ifname, peer={"public_key": key, "remove": True})

@@ -38,6 +38,13 @@ KEY_LEN = 32
 #: number and never touches a route carrying another one. Changing it orphans deployed routes.
 MESHD_ROUTE_PROTO = 109
 
+#: Firewall mark on WireGuard's own UDP packets (and meshd's underlay socket): with an exit
+#: route, policy rules send unmarked traffic to `MESHD_EXIT_TABLE` and marked traffic never, so
+#: the tunnel's packets cannot enter the tunnel (the wg-quick scheme, docs/egress.md).
+MESHD_FWMARK = 0x6D65
+#: Routing table holding meshd's default (/0) routes via the mesh interface.
+MESHD_EXIT_TABLE = 0x6D65
+
 #: WireGuard's recommended MTU for a 1500-byte underlay (IPv6 outer header + 32 bytes overhead).
 DEFAULT_MTU = 1420
 
@@ -124,6 +131,8 @@ class WgDevice:
     """UDP port WireGuard listens on."""
     peers: tuple[WgPeer, ...] = ()
     """All peers, sorted by public key (duplicates are a caller bug)."""
+    fwmark: int = 0
+    """Firewall mark of WireGuard's UDP packets (0 = none); see MESHD_FWMARK."""
 
     def __post_init__(self) -> None:
         if len(self.private_key) != KEY_LEN:
@@ -158,7 +167,8 @@ class MeshInterface:
     up: bool = True
     """Administrative state of the link."""
     routes: tuple[Prefix, ...] = ()
-    """Routes via this interface that meshd owns (sorted); see `with_peer_routes`."""
+    """Routes via this interface that meshd owns (sorted); see `with_peer_routes`. A default
+    route (/0) is kept in MESHD_EXIT_TABLE behind policy rules, the others in the main table."""
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.name) <= 15:
@@ -210,6 +220,11 @@ class SetListenPort:
 
 
 @dataclass(frozen=True)
+class SetFwmark:
+    fwmark: int
+
+
+@dataclass(frozen=True)
 class AddPeer:
     peer: WgPeer
 
@@ -256,7 +271,7 @@ class RemoveRoute:
     prefix: Prefix
 
 
-WgOp = SetPrivateKey | SetListenPort | AddPeer | UpdatePeer | RemovePeer
+WgOp = SetPrivateKey | SetListenPort | SetFwmark | AddPeer | UpdatePeer | RemovePeer
 """Operations a WireGuard backend executes."""
 LinkOp = SetMtu | SetLinkUp | AddAddress | RemoveAddress | AddRoute | RemoveRoute
 """Operations the netlink side executes."""
@@ -270,6 +285,8 @@ def plan_device(desired: WgDevice, actual: WgDevice | None) -> list[WgOp]:
         ops.append(SetPrivateKey(desired.private_key))
     if actual is None or actual.listen_port != desired.listen_port:
         ops.append(SetListenPort(desired.listen_port))
+    if (actual.fwmark if actual is not None else 0) != desired.fwmark:
+        ops.append(SetFwmark(desired.fwmark))
     have = actual.peer_map() if actual is not None else {}
     want = desired.peer_map()
     ops.extend(RemovePeer(k) for k in sorted(have.keys() - want.keys()))

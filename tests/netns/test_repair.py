@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
+import ipaddress
+import json
 import os
 import signal
 
@@ -10,6 +13,7 @@ import pytest
 
 from meshd.adapters.netlink import MeshRoutesGone
 from meshd.adapters.wireguard import UserspaceBackend
+from meshd.core.wgplan import MESHD_FWMARK
 from meshd.lab import Lab, wait_for
 from tests.netns.conftest import Node, Running, full_mesh, make_nodes
 
@@ -103,3 +107,48 @@ async def test_peer_removed_with_wg_is_restored(lab3: Lab) -> None:
 
         await wait_for(peer_back, REPAIR_WITHIN, "the removed peer to come back")
         await a.host.wait_ping(str(b.v6.ip), within=REPAIR_WITHIN)
+
+
+async def _exit_state(node: Node) -> tuple[list[str], list[str]]:
+    """(default routes in meshd's exit table, priorities of meshd's rules), both families."""
+    routes, rules = [], []
+    for family in ("-4", "-6"):
+        r = await node.host.run("ip", family, "route", "show", "table", "28005", check=False)
+        routes += [f"{family} {line.split()[0]}" for line in r.stdout.splitlines()]
+        r = await node.host.run("ip", "-j", family, "rule")
+        rules += [
+            f"{family} {rule['priority']}"
+            for rule in json.loads(r.stdout)
+            if rule.get("protocol") == "109"
+        ]
+    return sorted(routes), sorted(rules)
+
+
+async def test_exit_route_comes_with_its_rules_and_goes_with_them(lab3: Lab) -> None:
+    a, b = await _mesh(lab3)
+    # b becomes a's IPv6 exit: ::/0 in b's AllowedIPs, a default route in the exit table.
+    peers = tuple(
+        dataclasses.replace(p, allowed_ips=(*p.allowed_ips, ipaddress.ip_network("::/0")))
+        for p in full_mesh([a, b], a).device.peers
+    )
+    plain = full_mesh([a, b], a)
+    with_exit = dataclasses.replace(
+        plain,
+        device=dataclasses.replace(plain.device, peers=peers, fwmark=MESHD_FWMARK),
+        routes=(*plain.routes, ipaddress.ip_network("::/0")),
+    )
+    await a.reconciler.converge(with_exit)
+    assert await _exit_state(a) == (["-6 default"], ["-6 5208", "-6 5209"])
+    await a.host.wait_ping(str(b.v6.ip))  # the mesh's own routes still win over the exit
+
+    # A rule deleted by hand: the next pass sees the exit route as incomplete and restores it.
+    await a.host.run("ip", "-6", "rule", "del", "priority", "5209")
+    await a.reconciler.converge()
+    assert await _exit_state(a) == (["-6 default"], ["-6 5208", "-6 5209"])
+
+    # No exit wanted any more: route and rules go; a stop would remove rules as well.
+    await a.reconciler.converge(plain)
+    assert await _exit_state(a) == ([], [])
+    await a.reconciler.converge(with_exit)
+    await a.reconciler.remove_exit_rules()
+    assert (await _exit_state(a))[1] == []

@@ -152,3 +152,12 @@ def test_status_table_reads_at_a_glance() -> None:
         "100",
         "B",
     ]
+
+
+def test_status_shows_gateway_routes_and_refusals() -> None:
+    node = dict(STATUS["node"])  # type: ignore[call-overload]
+    node["routes"] = {"::/0": {"gateway": "gw-a", "rtt_ms": 0.4}}
+    node["routes_refused"] = {"10.0.0.0/8": "it covers underlay address 10.1.2.3"}
+    lines = format_status({**STATUS, "node": node}).splitlines()
+    assert "  route ::/0 via gw-a" in lines
+    assert "  route 10.0.0.0/8 NOT routed: it covers underlay address 10.1.2.3" in lines

@@ -14,6 +14,7 @@ from meshd.adapters.wireguard import (
 from meshd.core.wgplan import (
     AddPeer,
     RemovePeer,
+    SetFwmark,
     SetListenPort,
     SetPrivateKey,
     UpdatePeer,
@@ -37,6 +38,7 @@ def test_set_lines() -> None:
     ops = [
         SetPrivateKey(K1),
         SetListenPort(51820),
+        SetFwmark(0x6D65),
         RemovePeer(K1),
         AddPeer(WgPeer(K1)),
         UpdatePeer(peer),
@@ -44,6 +46,7 @@ def test_set_lines() -> None:
     assert encode_uapi_set(ops) == [
         f"private_key={clamp_private_key(K1).hex()}",
         "listen_port=51820",
+        "fwmark=28005",
         f"public_key={K1.hex()}",
         "remove=true",
         f"public_key={K1.hex()}",
@@ -65,6 +68,7 @@ def test_get_answer_is_decoded() -> None:
     lines = [
         f"private_key={clamp_private_key(K1).hex()}",
         "listen_port=51820",
+        "fwmark=28005",
         f"public_key={K2.hex()}",
         f"preshared_key={bytes(32).hex()}",
         "protocol_version=1",
@@ -80,6 +84,7 @@ def test_get_answer_is_decoded() -> None:
     status = decode_uapi_get(lines)
     assert status.device.private_key == clamp_private_key(K1)
     assert status.device.listen_port == 51820
+    assert status.device.fwmark == 0x6D65
     assert status.device.peers == (
         WgPeer(K2, ("2001:db8::2", 4000), (N("10.0.0.2/32"), N("fd00::2/128"))),
     )

@@ -21,6 +21,7 @@ from meshd.core.wgplan import (
     RemoveAddress,
     RemovePeer,
     RemoveRoute,
+    SetFwmark,
     SetLinkUp,
     SetListenPort,
     SetMtu,
@@ -55,6 +56,9 @@ def mesh(
 
 
 BASE = mesh()
+MARKED = MeshInterface.with_peer_routes(
+    "mesh0", WgDevice(PRIV, 51820, (P1, P2), 0x6D65), BASE.addresses, 1420
+)
 
 CASES: list[tuple[str, MeshInterface, MeshInterface | None, list[Op]]] = [
     (
@@ -130,6 +134,8 @@ CASES: list[tuple[str, MeshInterface, MeshInterface | None, list[Op]]] = [
     ),
     ("key rotated", mesh(key=K3), BASE, [SetPrivateKey(K3)]),
     ("port changed", mesh(port=4000), BASE, [SetListenPort(4000)]),
+    ("fwmark set (exit routes)", MARKED, BASE, [SetFwmark(0x6D65)]),
+    ("fwmark cleared", BASE, MARKED, [SetFwmark(0)]),
     ("mtu changed", mesh(mtu=1280), BASE, [SetMtu(1280)]),
     (
         "address moved",
