@@ -134,6 +134,8 @@ def encode_uapi_set(ops: Sequence[WgOp]) -> list[str]:
             psk = peer.preshared_key if peer.preshared_key is not None else ZERO_KEY
             lines.append(f"preshared_key={psk.hex()}")
             lines.append(f"persistent_keepalive_interval={peer.persistent_keepalive}")
+            if isinstance(op, UpdatePeer) and not op.allowed_ips_changed:
+                continue
             # Must precede the allowed_ip lines, else they are appended to the old set.
             lines.append("replace_allowed_ips=true")
             lines += [f"allowed_ip={p.with_prefixlen}" for p in peer.allowed_ips]

@@ -300,6 +300,7 @@ class MeshNode:
         verifier: AnnouncementVerifier | None = None,
         peers: Iterable[Announcement] = (),
         revocations: Iterable[Revocation] = (),
+        psk_ids: Iterable[bytes] = (),
     ) -> None:
         """`last_version`: the highest version this node signed before (persisted); the new one
         is above it and above the wall clock in ms. `peers`: verified announcements from the
@@ -347,6 +348,7 @@ class MeshNode:
         self._left = False
         self._underlay_refute_after = -math.inf
         self._corrected: dict[tuple[str, bytes], float] = {}
+        self._last_reject: Reject | None = None
 
         stagger = rng.random()  # desynchronise nodes started together
         self._next_probe = now + stagger * config.probe_interval
@@ -358,7 +360,7 @@ class MeshNode:
         self._me = sign_announcement(
             identity, certificate, version=max(last_version + 1, int(now * 1000)),
             wg_public_key=wg_public_key, endpoints=endpoints, meshd_port=meshd_port,
-            issued_at=int(now * 1000), prefixes=prefixes,
+            issued_at=int(now * 1000), prefixes=prefixes, psk_ids=psk_ids,
         )  # fmt: skip
         self._hash ^= _hash_term(self.node_id, self._me.version)
         # Bulk load (persisted peers, or a simulator's pre-converged mesh): the same steps as
@@ -475,6 +477,7 @@ class MeshNode:
         prefixes: Iterable[str] | None = None,
         meshd_port: int | None = None,
         certificate: Certificate | None = None,
+        psk_ids: Iterable[bytes] | None = None,
     ) -> Announcement:
         """Sign a new announcement with a higher version (new endpoints, keys, prefixes or a
         renewed certificate) and spread it. Raises `LocalProtocolError` on misuse."""
@@ -483,7 +486,7 @@ class MeshNode:
         self._resign(
             now, endpoints=endpoints, wg_public_key=wg_public_key,
             next_wg_public_key=next_wg_public_key, next_wg_key_at=next_wg_key_at,
-            prefixes=prefixes, meshd_port=meshd_port, certificate=certificate,
+            prefixes=prefixes, meshd_port=meshd_port, certificate=certificate, psk_ids=psk_ids,
         )  # fmt: skip
         self._flush_fresh()
         return self._me
@@ -684,13 +687,16 @@ class MeshNode:
         endpoints: Iterable[Endpoint] | None = None, wg_public_key: bytes | None = None,
         next_wg_public_key: bytes | None = None, next_wg_key_at: int | None = None,
         prefixes: Iterable[str] | None = None, meshd_port: int | None = None,
-        certificate: Certificate | None = None,
+        certificate: Certificate | None = None, psk_ids: Iterable[bytes] | None = None,
     ) -> None:  # fmt: skip
         old = self._me
         version = max(old.version + 1, at_least, int(now * 1000))
         if version > wire.MAX_VERSION:
             raise LocalProtocolError("announcement version space exhausted")
         next_key = old.next_wg_public_key if next_wg_public_key is None else next_wg_public_key
+        next_at = old.next_wg_key_at if next_wg_key_at is None else next_wg_key_at
+        if wg_public_key is not None and wg_public_key == next_key:
+            next_key, next_at = None, 0  # the announced rotation happened
         self._me = sign_announcement(
             self._identity,
             certificate or old.cert,
@@ -702,7 +708,8 @@ class MeshNode:
             prefixes=old.prefixes if prefixes is None else prefixes,
             status=old.status if status is None else status,
             next_wg_public_key=next_key,
-            next_wg_key_at=old.next_wg_key_at if next_wg_key_at is None else next_wg_key_at,
+            next_wg_key_at=next_at,
+            psk_ids=old.psk_ids if psk_ids is None else psk_ids,
         )
         self._hash ^= _hash_term(self.node_id, old.version) ^ _hash_term(self.node_id, version)
         self._broadcast(self.node_id, AnnounceItem(self._me.raw))
@@ -793,6 +800,7 @@ class MeshNode:
                 raise RemoteProtocolError(Reject.REVOKED, f"{ann.name!r} is revoked")
         except RemoteProtocolError as exc:
             self._reject(exc.reason, source, exc.detail)
+            self._last_reject = exc.reason
             return None
         return ann
 
@@ -1085,6 +1093,11 @@ class MeshNode:
         self, msg: wire.JoinRequest, size: int, source: Address, now: float
     ) -> None:
         ann = self._verify(msg.announcement, source, now)
+        if ann is None and self._last_reject is Reject.PSK_MISMATCH:
+            # Refused, but answered: our announcement lets the joiner log why it cannot join
+            # (it refuses us for the same reason) instead of retrying seeds in silence.
+            self._reply_join(msg, size, source, None)
+            return
         if ann is None or ann.node_id == self.node_id:
             return
         if (
@@ -1098,7 +1111,11 @@ class MeshNode:
             self._underlay_refute_after = now + self.config.probe_interval
             self._refute(self._me.version, now)
         self._apply_announcement(ann, source, now, _Why.GOSSIP)
-        m = self._members.get(ann.node_id)
+        self._reply_join(msg, size, source, self._members.get(ann.node_id))
+
+    def _reply_join(
+        self, msg: wire.JoinRequest, size: int, source: Address, m: Member | None
+    ) -> None:
         reply = wire.JoinReply(
             msg.nonce,
             self._me.raw,

@@ -104,3 +104,15 @@ def test_run_wireguard_is_the_default_socket_dir_not_a_private_one() -> None:
     assert argv[1:] == ["-f", "mesh0"]
     private = UserspaceBackend(socket_dir=Path("/tmp/meshd-x/wg"))._argv("mesh0")
     assert private[0] == "unshare"
+
+
+def test_psk_only_update_leaves_allowed_ips_alone() -> None:
+    # wireguard-go replaces AllowedIPs by removing all, then inserting each: a PSK change must
+    # not open that window (a packet in it has no route and is dropped).
+    peer = WgPeer(K2, None, (N("fd00::2/128"),), PSK, 25)
+    assert encode_uapi_set([UpdatePeer(peer, allowed_ips_changed=False)]) == [
+        f"public_key={K2.hex()}",
+        "update_only=true",
+        f"preshared_key={PSK.hex()}",
+        "persistent_keepalive_interval=25",
+    ]
