@@ -622,6 +622,7 @@ class Daemon:
         self.wg_key, self.next_wg = key, None
         if not self._left:
             self.core.update_self(now, wg_public_key=key.public)
+            self.core.tell_underlay(now)  # gossip would wait in the tunnel for the new key
             self._after_core()
         self._persist_wanted.set()
         log.info("WireGuard key rotation: switched to %s", key_id(key.public))

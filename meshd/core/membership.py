@@ -258,6 +258,8 @@ class _PendingJoin:
     attempts: int
     hops: int
     retry: bool
+    sync: bool = True
+    """Push-pull with the answering node (a join); False for a mere notice (`tell_underlay`)."""
 
 
 class _Why(enum.Enum):
@@ -490,6 +492,17 @@ class MeshNode:
         )  # fmt: skip
         self._flush_fresh()
         return self._me
+
+    def tell_underlay(self, now: float) -> None:
+        """Send our announcement to every live member over the underlay (a join request that
+        asks for no state back). For the one change the tunnel cannot carry: after our
+        WireGuard key switched, the tunnel to a peer works again only once that peer has our
+        new key. One datagram per member, answered by one."""
+        for node_id in self._live:
+            m = self._members[node_id]
+            if m.ann.endpoints:
+                dest = (m.ann.endpoints[0][0], m.ann.meshd_port)
+                self._send_join(dest, now, m.state, m.version, hops=2, retry=False, sync=False)
 
     # --- public API: inputs ------------------------------------------------------------------
 
@@ -1080,12 +1093,12 @@ class MeshNode:
 
     def _send_join(
         self, destination: Address, now: float, target_state: MemberState, target_version: int,
-        *, hops: int, retry: bool, attempts: int = 1,
+        *, hops: int, retry: bool, attempts: int = 1, sync: bool = True,
     ) -> None:  # fmt: skip
         nonce = self._rng.randbytes(wire.NONCE_LEN)
         msg = wire.JoinRequest(nonce, self._me.raw, target_version, target_state)
         self._joins[nonce] = _PendingJoin(
-            destination, now + self.config.join_timeout, attempts, hops, retry
+            destination, now + self.config.join_timeout, attempts, hops, retry, sync
         )
         self._send(destination, wire.encode(msg), Channel.UNDERLAY)
 
@@ -1153,6 +1166,8 @@ class MeshNode:
             if pending.hops < 2 and m.state is MemberState.DEAD:
                 self._send_join(source, now, m.state, m.version, hops=pending.hops + 1,
                                 retry=False)  # fmt: skip
+            return
+        if not pending.sync:
             return
         if not self._joined:
             self._bootstrap_from.add(ann.node_id)
