@@ -85,6 +85,10 @@ WG_KEY_LEAD_S = 10.0
 node of a LAN mesh of 1,000 in well under a second (bench sim), so ten times that is room for
 loss and retransmission. A peer that still missed it switches on the announcement signed right
 after the switch."""
+CERT_LEAVE_MARGIN_S = 5.0
+"""A node whose certificate is about to expire leaves this long before, while its signed leave
+is still valid everywhere (a LEFT announcement with an expired certificate would be refused);
+the margin covers clock differences between nodes."""
 PSK_REFUSAL_SHOWN_S = 300.0
 """A peer refused for a PSK mismatch is listed in status warnings for this long after the last
 refusal."""
@@ -631,6 +635,8 @@ class Daemon:
         """The next moment something about keys changes: our switch, a peer's switch, a PSK
         epoch or secret activation, or our scheduled rotation."""
         times = [now + 60.0]
+        if not self._left:
+            times.append(self.node.cert.not_after - CERT_LEAVE_MARGIN_S)
         if self.next_wg is not None:
             times.append(self.next_wg[1] / 1000)
         elif self.config.wg_key_rotation_s:
@@ -657,6 +663,14 @@ class Daemon:
                 # deadline just passed, since the next one is computed from the time.
                 await wait_event(self._keys_changed, delay)
                 now = self.clock()
+            if not self._left and now >= self.node.cert.not_after - CERT_LEAVE_MARGIN_S:
+                log.error(
+                    "certificate serial %d expires at %s: leaving the mesh (renew it with "
+                    "meshctl cert issue, then restart meshd)",
+                    self.node.cert.serial,
+                    time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.node.cert.not_after)),
+                )
+                await self.leave()
             self._ratchet_psk(now)
             if self.next_wg is not None and now * 1000 >= self.next_wg[1]:
                 await self._finish_rotation(now)
@@ -960,8 +974,13 @@ class Daemon:
             return
         self.node = node
         assert self.core is not None
+        if self._left:
+            log.warning("reload: certificate serial %d loaded, but this node left the mesh; "
+                        "restart meshd to join again", node.cert.serial)  # fmt: skip
+            return
         self.core.update_self(self.clock(), certificate=node.cert)
         self._after_core()
+        self._keys_changed.set()  # a new expiry time
         log.info(
             "reload: certificate serial %d (valid until %s) announced",
             node.cert.serial,

@@ -109,10 +109,16 @@ class MeshLab:
         self.ca = CertificateAuthority.init(workdir / "ca", mesh, force=True)
 
     def add_node(
-        self, index: int, seeds: list[int], name: str | None = None, **extra: Any
+        self,
+        index: int,
+        seeds: list[int],
+        name: str | None = None,
+        valid_for_s: int = 30 * 86400,
+        **extra: Any,
     ) -> MeshdNode:
-        """Certificate, key and config for a meshd on lab host `index`, joining through the
-        meshd ports of the hosts in `seeds` (by index, IPv6 underlay)."""
+        """Certificate (valid from 5 minutes ago until `valid_for_s` from now), key and config
+        for a meshd on lab host `index`, joining through the meshd ports of the hosts in `seeds`
+        (by index, IPv6 underlay)."""
         host = self.lab.hosts[index]
         name = name or f"node{index}"
         directory = self.workdir / name
@@ -126,7 +132,7 @@ class MeshLab:
             prefixes=[],
             roles=[],
             not_before=now - 300,
-            not_after=now + 30 * 86400,
+            not_after=now + valid_for_s,
         )
         keyfiles.write_secret(
             directory / "identity.key", keyfiles.encode_key(identity.seed), overwrite=True

@@ -273,6 +273,11 @@ def _content(ann: Announcement) -> tuple[object, ...]:
 
 
 @functools.lru_cache(maxsize=1 << 16)
+def _revocation_term(ca_key: bytes, serial: int) -> int:
+    data = b"rev" + ca_key + serial.to_bytes(8, "big")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=16).digest(), "big")
+
+
 def _hash_term(node_id: bytes, version: int) -> int:
     h = hashlib.blake2b(node_id + version.to_bytes(8, "big"), digest_size=16).digest()
     return int.from_bytes(h, "big")
@@ -314,9 +319,13 @@ class MeshNode:
         self._rng = rng
         self._verifier = verifier or AnnouncementVerifier(trust)
         self.node_id = identity.public
-        self._revoked: set[tuple[bytes, int]] = set()
+        self._revoked: dict[tuple[bytes, int], bytes] = {}
+        """Revoked (CA key, serial) -> the raw record, relayed in full push-pulls."""
+        revocation_hash = 0
         for rev in revocations:
-            self._revoked.add((rev.ca_key, rev.serial))
+            if (rev.ca_key, rev.serial) not in self._revoked:
+                self._revoked[(rev.ca_key, rev.serial)] = rev.raw
+                revocation_hash ^= _revocation_term(rev.ca_key, rev.serial)
 
         self._members: dict[bytes, Member] = {}
         self._by_overlay: dict[str, bytes] = {}
@@ -351,6 +360,8 @@ class MeshNode:
         self._underlay_refute_after = -math.inf
         self._corrected: dict[tuple[str, bytes], float] = {}
         self._last_reject: Reject | None = None
+        self._next_cert_expiry = math.inf
+        """Earliest certificate expiry among live members (Unix s), or later."""
 
         stagger = rng.random()  # desynchronise nodes started together
         self._next_probe = now + stagger * config.probe_interval
@@ -364,7 +375,7 @@ class MeshNode:
             wg_public_key=wg_public_key, endpoints=endpoints, meshd_port=meshd_port,
             issued_at=int(now * 1000), prefixes=prefixes, psk_ids=psk_ids,
         )  # fmt: skip
-        self._hash ^= _hash_term(self.node_id, self._me.version)
+        self._hash ^= _hash_term(self.node_id, self._me.version) ^ revocation_hash
         # Bulk load (persisted peers, or a simulator's pre-converged mesh): the same steps as
         # `_add`, inlined because a 1,000-node simulation runs this a million times.
         members, by_overlay, live, live_pos = (self._members, self._by_overlay, self._live,
@@ -379,6 +390,7 @@ class MeshNode:
             live_pos[node_id] = len(live)
             live.append(node_id)
             self._hash ^= _hash_term(node_id, ann.version)
+            self._next_cert_expiry = min(self._next_cert_expiry, ann.cert.not_after)
             self._events.append(PeerJoined(ann))
         self._probe_list = list(self._live)
         rng.shuffle(self._probe_list)
@@ -561,6 +573,7 @@ class MeshNode:
         if now >= self._next_reap:
             self._next_reap = now + min(1.0, cfg.tombstone_ttl / 10)
             self._reap(now)
+            self._drop_expired(now)
         self._flush_fresh()
 
     # --- membership table --------------------------------------------------------------------
@@ -576,6 +589,7 @@ class MeshNode:
     def _make_live(self, node_id: bytes, m: Member, probe: bool = True) -> None:
         if node_id in self._live_pos:
             return
+        self._next_cert_expiry = min(self._next_cert_expiry, m.ann.cert.not_after)
         self._live_pos[node_id] = len(self._live)
         self._live.append(node_id)
         self._hash ^= _hash_term(node_id, m.version)
@@ -609,6 +623,22 @@ class MeshNode:
             m.overlay = ann.cert.addresses[0]
             self._by_overlay[m.overlay] = ann.node_id
         m.ann = ann
+        self._next_cert_expiry = min(self._next_cert_expiry, ann.cert.not_after)
+
+    def _drop_expired(self, now: float) -> None:
+        """A member whose certificate expired is dropped by everyone (its own meshd leaves
+        just before; this covers one that does not). Scans only when the earliest expiry of a
+        live member has come, which it tracks."""
+        if now < self._next_cert_expiry:
+            return
+        self._next_cert_expiry = math.inf
+        for node_id in list(self._live):
+            m = self._members[node_id]
+            if m.ann.cert.not_after <= now:
+                self._make_dead(node_id, m, MemberState.DEAD, now)
+                self._events.append(PeerDead(m.ann))
+            else:
+                self._next_cert_expiry = min(self._next_cert_expiry, m.ann.cert.not_after)
 
     def _reap(self, now: float) -> None:
         for node_id in [n for n in self._tombstones if self._members[n].expires <= now]:
@@ -619,7 +649,8 @@ class MeshNode:
                 del self._by_overlay[m.overlay]
 
     def state_hash(self) -> bytes:
-        """Order-independent hash of the live (node, version) set, self included."""
+        """Order-independent hash of the live (node, version) set, self included, and of the
+        revocations held: two nodes that differ in either exchange digests."""
         return self._hash.to_bytes(16, "big")
 
     def digest(self) -> tuple[DigestEntry, ...]:
@@ -970,7 +1001,8 @@ class MeshNode:
         if key in self._revoked:
             self.stats["duplicates"] += 1
             return
-        self._revoked.add(key)
+        self._revoked[key] = raw
+        self._hash ^= _revocation_term(rev.ca_key, rev.serial)
         self._events.append(RevocationAdded(rev))
         self._broadcast(b"rev" + rev.ca_key + rev.serial.to_bytes(8, "big"), RevocationItem(raw))
         for node_id, m in list(self._members.items()):
@@ -1189,7 +1221,11 @@ class MeshNode:
     # --- push-pull (anti-entropy) ----------------------------------------------------------------
 
     def _send_push_pull(self, m: Member, full: bool) -> None:
-        msg = wire.PushPullRequest(self.state_hash(), self.digest() if full else None)
+        msg = wire.PushPullRequest(
+            self.state_hash(),
+            self.digest() if full else None,
+            tuple(self._revoked.values()) if full else (),
+        )
         self._send(m.address, wire.encode(msg), Channel.STREAM)
 
     def _merge_digest(
@@ -1242,14 +1278,25 @@ class MeshNode:
                 self.stats["push_pull_mismatch"] += 1
                 self._send_push_pull(peer, full=True)
             return
+        for raw in msg.revocations:
+            self._on_revocation(raw, peer.address, now)
+        if (peer.ann.cert.ca_key, peer.ann.cert.serial) in self._revoked:
+            return  # the request carried the sender's own revocation
         give, lack = self._merge_digest(msg.digest, sender, now)
-        reply = wire.PushPullReply(self.state_hash(), self.digest() if lack else None, tuple(give))
+        reply = wire.PushPullReply(
+            self.state_hash(),
+            self.digest() if lack else None,
+            tuple(give),
+            tuple(self._revoked.values()),
+        )
         self._send(peer.address, wire.encode(reply), Channel.STREAM)
 
     def _on_push_pull_reply(self, msg: wire.PushPullReply, sender: bytes, now: float) -> None:
         why = _Why.BOOTSTRAP if sender in self._bootstrap_from else _Why.GOSSIP
         self._bootstrap_from.discard(sender)
         source = self._members[sender].address
+        for raw in msg.revocations:
+            self._on_revocation(raw, source, now)
         for raw in msg.announcements:
             self._on_announcement(raw, source, now, why)
         if msg.digest is not None:

@@ -260,6 +260,38 @@ def test_new_wireguard_key_is_told_over_the_underlay_without_a_state_sync() -> N
     assert a.member(b.node_id).ann.wg_key_at(NOW + 11) == nxt  # type: ignore[union-attr]
 
 
+def test_a_node_that_missed_a_revocation_learns_it_by_push_pull() -> None:
+    lab = Lab(3)
+    a, b, c = lab.converged(3)
+    rev = issue_revocation(
+        lab.net.ca, mesh=MESH, serial=c.announcement.cert.serial, identity_key=c.node_id,
+        revoked_at=0, reason="lost",
+    )  # fmt: skip
+    a.add_revocation(rev, NOW)
+    a.datagrams_to_send()  # the gossip is lost: b was away
+    assert a.state_hash() != b.state_hash()  # revocations are part of the state hash
+    lab.events(0)
+    # b's periodic hash-only push-pull reaches a; the hashes differ, so a starts a full one,
+    # which carries its revocations.
+    b_src = lab.source_of(1, Channel.STREAM)
+    a.receive(wire.encode(wire.PushPullRequest(b.state_hash(), None)), b_src, NOW, Channel.STREAM)
+    lab.deliver(NOW, drop={2})
+    assert lab.events(1) == [RevocationAdded(rev), PeerDead(c.announcement)]
+    assert a.state_hash() == b.state_hash()
+    assert c.node_id not in {ann.node_id for ann in b.live_members()}
+
+
+def test_a_member_whose_certificate_expired_is_dropped() -> None:
+    lab = Lab(2)
+    a, b = lab.converged(2)
+    expiry = b.announcement.cert.not_after
+    a.handle_timer(expiry - 1)
+    assert [e for e in a.events() if isinstance(e, PeerDead)] == []
+    a.handle_timer(expiry + 1)
+    assert [e for e in a.events() if isinstance(e, PeerDead)] == [PeerDead(b.announcement)]
+    assert a.live_members() == []
+
+
 def test_failed_probe_goes_indirect_then_suspects_with_nacks_keeping_health() -> None:
     lab = Lab(3)
     a, b, c = lab.converged(3)
