@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from meshd import keyfiles
 from meshd.core.psk import PskSecrets
 from meshd.keylab import (
     across_psk_epoch,
@@ -95,3 +96,32 @@ async def test_a_node_without_the_mesh_psk_is_refused_with_a_reason(
     assert sa is not None and [p["name"] for p in sa["peers"]] == ["node1"]
     assert "refusing peer node2: 'node2' uses no mesh PSK secret" in a.log_path.read_text()
     assert not await c.host.ping(a.overlay_v6, within=1)
+
+
+async def test_a_rotation_survives_a_restart_before_the_switch(
+    run_prefix: str, tmp_path: Path
+) -> None:
+    async with Lab(f"{run_prefix[:6]}kr", hosts=2) as lab:
+        mesh = MeshLab(lab, tmp_path)
+        a, b = mesh.add_node(0, seeds=[]), mesh.add_node(1, seeds=[0])
+        await mesh.start_mesh([a, b], within=30)
+        answer = await b.client.rotate()
+        assert await mesh.stop(b) == 0
+        await mesh.start(b)
+        await mesh.wait_api(b)
+        status = await b.status()
+        assert status is not None
+        assert (status["node"]["wg_next_key"], status["node"]["wg_next_key_at"]) == (
+            answer["next_key"],
+            answer["switch_at"],
+        )
+
+        async def switched_everywhere() -> bool:
+            sb = await b.status()
+            keys = {keyfiles.encode_key(k).decode().strip() for k in await a.wireguard_peers()}
+            return sb is not None and sb["node"]["wg_public_key"] == answer["next_key"] == (
+                next(iter(keys), None)
+            )
+
+        await wait_for(switched_everywhere, 30, "the persisted rotation to happen on both sides")
+        assert await a.host.ping(b.overlay_v6, within=5)
