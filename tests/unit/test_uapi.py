@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 
 from meshd.adapters.wireguard import (
@@ -9,6 +10,7 @@ from meshd.adapters.wireguard import (
     describe,
     encode_uapi_set,
     format_endpoint,
+    kernel_peer_spec,
     parse_endpoint,
 )
 from meshd.core.wgplan import (
@@ -116,3 +118,13 @@ def test_psk_only_update_leaves_allowed_ips_alone() -> None:
         f"preshared_key={PSK.hex()}",
         "persistent_keepalive_interval=25",
     ]
+
+
+def test_kernel_peer_spec_replaces_allowed_ips_only_when_they_changed() -> None:
+    peer = WgPeer(K2, None, (N("fd00::2/128"),), PSK, 25)
+    assert kernel_peer_spec(AddPeer(peer))["allowed_ips"] == ["fd00::2/128"]
+    assert kernel_peer_spec(AddPeer(peer))["replace_allowed_ips"] is True
+    assert kernel_peer_spec(UpdatePeer(peer))["replace_allowed_ips"] is True
+    psk_only = kernel_peer_spec(UpdatePeer(peer, allowed_ips_changed=False))
+    assert "allowed_ips" not in psk_only and "replace_allowed_ips" not in psk_only
+    assert base64.b64decode(psk_only["preshared_key"]) == PSK
