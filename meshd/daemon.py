@@ -939,10 +939,12 @@ class Daemon:
 
     async def rotate(self) -> dict[str, Any]:
         """`meshctl rotate`: announce a new WireGuard key now; switch WG_KEY_LEAD_S later."""
+        pending = self.next_wg is not None
         at_ms = self._begin_rotation(self.clock())
         when = time.strftime("%H:%M:%S UTC", time.gmtime(at_ms / 1000))
+        what = "a rotation is already under way" if pending else "new WireGuard key announced"
         return {
-            "message": f"new WireGuard key announced; switching at {when}",
+            "message": f"{what}; switching at {when}",
             "next_key": _key_text(self.next_wg[0].public) if self.next_wg else None,
             "switch_at": at_ms / 1000,
         }
