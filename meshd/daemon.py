@@ -661,6 +661,7 @@ class Daemon:
                 # Woken early (a rotation began, a peer announced one) or at the deadline:
                 # either way act on whatever is due now. Re-planning instead would skip a
                 # deadline just passed, since the next one is computed from the time.
+                log.debug("keys: next change in %.3f s", delay)
                 await wait_event(self._keys_changed, delay)
                 now = self.clock()
             if not self._left and now >= self.node.cert.not_after - CERT_LEAVE_MARGIN_S:
@@ -681,7 +682,9 @@ class Daemon:
                 and now >= self.store.wireguard_key_since() + self.config.wg_key_rotation_s
             ):
                 self._begin_rotation(now)
-            await self._apply_keys()
+            # Handed to the reconciler, not awaited: a slow pass must not hold up the next key
+            # deadline (the ratchet write, a secret activation).
+            self._update_desired()
 
     async def _apply_keys(self) -> None:
         """Apply the desired interface now (a key or PSK changed at this instant)."""

@@ -70,7 +70,7 @@ async def test_no_loss_across_psk_epoch_wireguard_key_and_psk_secret_changes(
         text = (a.directory / "psk.secret").read_text()
         return PskSecrets.from_text(text, "a").ids == (bytes.fromhex(seen["secret_id"]),)
 
-    await wait_for(old_secret_dropped, 5, "the superseded secret to leave the file")
+    await wait_for(old_secret_dropped, 10, "the superseded secret to leave the file")
     await mesh.wait_full_mesh([a, b], within=10)
 
 
