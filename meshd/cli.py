@@ -23,6 +23,7 @@ from meshd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from meshd.core.cert import TrustAnchor, check_certificate, decode_certificate
 from meshd.core.errors import MeshError, RemoteProtocolError
 from meshd.core.identity import SigningKey
+from meshd.core.psk import PskChain, PskSecrets, epoch_at
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -262,6 +263,38 @@ def _revoke_apply(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _new_psk(period: int, active_from: int) -> PskChain:
+    now = time.time()
+    return PskChain(period, epoch_at(now, period), nacl.utils.random(32), active_from)
+
+
+def _psk_init(args: argparse.Namespace) -> int:
+    chain = _new_psk(args.period, 0)
+    keyfiles.write_secret(Path(args.file), chain.to_text().encode(), overwrite=args.force)
+    print(f"wrote mesh PSK secret {chain.secret_id.hex()} (epoch {args.period} s) to {args.file}; "
+          "copy it (0600) to every node and set psk_file")  # fmt: skip
+    return EXIT_OK
+
+
+def _psk_roll(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    try:
+        secrets = PskSecrets.from_text(path.read_text(), str(path))
+    except OSError as exc:
+        raise CommandError(f"reading {path}: {exc.strerror}") from None
+    at = _parse_time(args.at)
+    if at <= time.time():
+        raise CommandError("--at: the new secret must become active in the future")
+    current = secrets.active(time.time())
+    chain = _new_psk(args.period or current.period, at)
+    rolled = PskSecrets((*secrets.ratcheted(time.time()).chains, chain))
+    keyfiles.write_secret(path, rolled.to_text().encode(), overwrite=True)
+    print(f"added mesh PSK secret {chain.secret_id.hex()}, active from "
+          f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(at))}, to {path}; copy the file to "
+          "every node before then and send meshd SIGHUP")  # fmt: skip
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshctl", description="Control meshd and manage the mesh CA and certificates."
@@ -290,6 +323,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = revoke_sub.add_parser("apply", help="apply a revocation record (spreads to the mesh)")
     p.add_argument("file", help="revocation file from `meshctl cert revoke`")
     p.set_defaults(func=_revoke_apply)
+
+    psk = sub.add_parser("psk", help="mesh PSK secret (offline)")
+    psk_sub = psk.add_subparsers(dest="psk_command", metavar="ACTION", required=True)
+    p = psk_sub.add_parser("init", help="create a mesh PSK secret file (0600)")
+    p.add_argument("file", help="secret file to write (psk_file in meshd.toml)")
+    p.add_argument(
+        "--period",
+        type=int,
+        default=86400,
+        help="epoch length in seconds: pair PSKs change this often (default 86400)",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.set_defaults(func=_psk_init)
+    p = psk_sub.add_parser("roll", help="add a new secret that replaces the current one at --at")
+    p.add_argument("file", help="the current secret file; rewritten with both secrets")
+    p.add_argument("--at", required=True, help="activation time (Unix seconds or YYYY-MM-DD)")
+    p.add_argument("--period", type=int, default=0, help="epoch length (default: as now)")
+    p.set_defaults(func=_psk_roll)
 
     ca = sub.add_parser("ca", help="mesh certificate authority (offline)")
     ca_sub = ca.add_subparsers(dest="ca_command", metavar="ACTION", required=True)

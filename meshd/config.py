@@ -132,6 +132,18 @@ class Config:
         "keeps flowing to known peers while meshd restarts). Kernel backend only: a "
         "wireguard-go interface ends with its process.",
     )
+    psk_file: str = _f(
+        "",
+        "Mesh PSK secret file (0600, from `meshctl psk init`); empty = no preshared keys. Every "
+        "node of a mesh needs the same secret: a node without it is refused. meshd advances the "
+        "secret's ratchet in this file (see docs/keys.md); SIGHUP re-reads it.",
+    )
+    wg_key_rotation_s: int = _f(
+        86400,
+        "Rotate this node's WireGuard key this often (announced ahead, see docs/keys.md); "
+        "0 = only on `meshctl rotate`.",
+        "s",
+    )
     log_level: str = _f("info", "Log level: debug, info, warning, error.")
 
     def validate(self) -> None:
@@ -154,6 +166,10 @@ class Config:
             raise ConfigError(f"mtu: {self.mtu} outside 1280-9000 (IPv6 needs at least 1280)")
         if not 0 <= self.persistent_keepalive <= 65535:
             raise ConfigError("persistent_keepalive: must be 0-65535 seconds")
+        if self.wg_key_rotation_s != 0 and self.wg_key_rotation_s < 600:
+            raise ConfigError(
+                "wg_key_rotation_s: at least 600 seconds (or 0 for rotation on demand only)"
+            )
         if self.membership not in ("lan", "local"):
             raise ConfigError(f"membership: {self.membership!r}; use lan or local")
         if self.log_level not in ("debug", "info", "warning", "error"):

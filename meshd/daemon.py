@@ -50,18 +50,19 @@ from meshd.config import (
     split_host_port,
 )
 from meshd.core import membership as ms
-from meshd.core.announce import Announcement, AnnouncementVerifier
+from meshd.core.announce import PEER_SWITCH_LAG_MS, Announcement, AnnouncementVerifier
 from meshd.core.cert import Certificate, check_revocation, decode_revocation
 from meshd.core.config import MembershipConfig
 from meshd.core.endpoints import STALE_HANDSHAKE_S, EndpointChoice
 from meshd.core.errors import MeshError, Reject, RemoteProtocolError
-from meshd.core.identity import key_id
+from meshd.core.identity import WireGuardKey, key_id
+from meshd.core.psk import PskSecrets
 from meshd.core.ratelimit import SourceRateLimiter
 from meshd.core.routes import GatewayOffer, Held, RoutePolicy, choose_gateways, parse_accept
 from meshd.core.wgplan import MESHD_FWMARK, MeshInterface, Prefix, WgDevice, WgPeer, as_prefix
 from meshd.core.wire import Channel, MemberState
 from meshd.metrics import Registry
-from meshd.node import NodeIdentity, StartupError, load_identity
+from meshd.node import NodeIdentity, StartupError, load_identity, load_psk
 
 log = logging.getLogger("meshd")
 
@@ -81,6 +82,18 @@ on to its next announced endpoint; it is pushed to the data plane only when it c
 SEED_RESOLVE_PERIOD_S = 60.0
 """Seeds given by name are resolved again this often (and on underlay changes): a seed that
 moved is found again without a restart."""
+WG_KEY_LEAD_S = 10.0
+"""A new WireGuard key is announced this long before the switch: an announcement reaches every
+node of a LAN mesh of 1,000 in well under a second (bench sim), so ten times that is room for
+loss and retransmission. A peer that still missed it switches on the announcement signed right
+after the switch."""
+CERT_LEAVE_MARGIN_S = 5.0
+"""A node whose certificate is about to expire leaves this long before, while its signed leave
+is still valid everywhere (a LEFT announcement with an expired certificate would be refused);
+the margin covers clock differences between nodes."""
+PSK_REFUSAL_SHOWN_S = 300.0
+"""A peer refused for a PSK mismatch is listed in status warnings for this long after the last
+refusal."""
 PERSIST_DELAY_S = 1.0
 """Known peers are written this long after a membership change (coalescing bursts), so that even
 a crash of every node soon after a change leaves each one a list of peers to re-form from."""
@@ -107,6 +120,15 @@ class Daemon:
         self.rng = rng or random.Random(int.from_bytes(os.urandom(8), "big"))
         self.store = StateStore(config.state_dir)
         self.wg_key = self.store.wireguard_key()
+        self.next_wg: tuple[WireGuardKey, int] | None = self.store.next_wireguard_key()
+        """The rotation in progress: our next WireGuard key and its switch time (Unix ms)."""
+        self.psk: PskSecrets | None = node.psk
+        self._keys_changed = asyncio.Event()
+        """Wakes the key loop: a rotation began, a peer announced one, the PSK file changed."""
+        self._psk_refused: dict[str, tuple[str, float]] = {}
+        """Peer name -> (why, when) of the last refusal for a PSK mismatch (status warnings)."""
+        self._psk_write_failed = False
+        """Set after a failed write of the ratcheted PSK file (said once, not every epoch)."""
         self.registry = Registry()
         self._define_metrics()
         self.stop_requested = asyncio.Event()
@@ -153,7 +175,9 @@ class Daemon:
         self.transport: MeshTransport | None = None
         self.api: Any = None  # meshd.api.ApiServer, imported late (see start)
         self.core: ms.MeshNode | None = None
-        self.verifier = AnnouncementVerifier(node.trust, is_revoked=self._is_revoked)
+        self.verifier = AnnouncementVerifier(
+            node.trust, is_revoked=self._is_revoked, psk_ids=self.psk.ids if self.psk else ()
+        )
         self._revoked_serials: set[tuple[bytes, int]] = set()
         self._revocations: dict[tuple[bytes, int], bytes] = {}
 
@@ -260,6 +284,11 @@ class Daemon:
         """Start in the order that makes a new node reachable soonest: the join request goes
         out on the underlay first, while wireguard-go starts; the local API comes last."""
         now = self.clock()
+        self._ratchet_psk(now)
+        if self.next_wg is not None and self.next_wg[1] <= now * 1000:
+            # Restarted after the switch time: the switch is simply done now.
+            self.wg_key, self.next_wg = self.next_wg[0], None
+            self.store.finish_wireguard_rotation(self.wg_key)
         peers, revocations = self._load_persisted(now)
         self.transport = MeshTransport(
             self.config.meshd_port,
@@ -283,7 +312,12 @@ class Daemon:
             verifier=self.verifier,
             peers=peers,
             revocations=revocations,
+            psk_ids=self.psk.ids if self.psk else (),
         )
+        if self.next_wg is not None:  # restarted during a rotation: announce it again
+            self.core.update_self(
+                now, next_wg_public_key=self.next_wg[0].public, next_wg_key_at=self.next_wg[1]
+            )
         self.store.save_version(self.core.announcement.version)
         seeds = await self.resolve_seeds()
         if seeds:
@@ -313,8 +347,11 @@ class Daemon:
             self.seed_resolver.run(),
             self._persist_loop(),
             self._watchdog_loop(),
+            self._key_loop(),
         ):
-            self._tasks.append(asyncio.create_task(coro))
+            task = asyncio.create_task(coro)
+            task.add_done_callback(_log_task_failure)
+            self._tasks.append(task)
         # aiohttp takes 0.3-0.4 s to import. Done here, in a thread, so that neither the join
         # request nor the answers to the first probes of the new member wait for it.
         api = await asyncio.to_thread(importlib.import_module, "meshd.api")
@@ -456,8 +493,16 @@ class Daemon:
     def _on_event(self, event: ms.Event) -> bool:
         if isinstance(event, ms.PeerJoined | ms.PeerUpdated | ms.PeerAlive):
             self._last_alive[event.announcement.node_id] = event.announcement.raw
+        if (
+            isinstance(event, ms.PeerJoined | ms.PeerUpdated)
+            and event.announcement.next_wg_public_key is not None
+        ):
+            self._keys_changed.set()
         if isinstance(event, ms.MessageRejected):
             self.m_rejected.inc(reason=event.reason.value)
+            if event.reason is Reject.PSK_MISMATCH:
+                self._psk_refusal(event.detail)
+                return False
             log.debug("rejected from %s: %s %s", event.source[0], event.reason.value, event.detail)
             return False
         if isinstance(event, ms.PeerJoined):
@@ -547,6 +592,8 @@ class Daemon:
         peer per live member with AllowedIPs from its certificate's addresses plus the
         advertised prefixes we route through it (one gateway per prefix, `_choose_gateways`)."""
         now = self.clock()
+        me = self.node.identity.public
+        psk = self.psk.active(now) if self.psk else None
         peers = []
         routed = self._choose_gateways(live) if self.core is not None else {}
         live_ids = {ann.node_id for ann in live}
@@ -555,7 +602,8 @@ class Daemon:
         for ann in live:
             if ann.node_id == self.node.identity.public:
                 continue
-            stats = self._peer_status(ann.wg_public_key)
+            wg_key = ann.wg_key_at(now)
+            stats = self._peer_status(wg_key)
             choice = self._endpoint_choice.setdefault(ann.node_id, EndpointChoice())
             endpoint = choice.update(
                 ann.endpoints,
@@ -567,14 +615,17 @@ class Daemon:
             allowed += routed.get(ann.node_id, [])
             peers.append(
                 WgPeer(
-                    public_key=ann.wg_public_key,
+                    public_key=wg_key,
                     endpoint=endpoint,
                     allowed_ips=tuple(allowed),
                     persistent_keepalive=self.config.persistent_keepalive,
+                    preshared_key=psk.pair_psk(me, ann.node_id) if psk else None,
                 )
             )
         # The mark lets policy rules keep WireGuard's own packets out of an exit route.
-        device = WgDevice(self.wg_key.private, self.config.listen_port, tuple(peers), MESHD_FWMARK)
+        device = WgDevice(
+            self._own_wg_key(now).private, self.config.listen_port, tuple(peers), MESHD_FWMARK
+        )
         addresses = tuple(
             ipaddress.ip_interface(f"{a}/{128 if ipaddress.ip_address(a).version == 6 else 32}")
             for a in self.node.cert.addresses
@@ -614,6 +665,183 @@ class Daemon:
             await asyncio.sleep(ENDPOINT_PERIOD_S)
             await self.dataplane.refresh_status()
             self._update_desired()
+
+    # --- keys that rotate: pair PSK epochs, PSK secret roll, WireGuard key ---------------------
+
+    def _own_wg_key(self, now: float) -> WireGuardKey:
+        if self.next_wg is not None and now * 1000 >= self.next_wg[1]:
+            return self.next_wg[0]
+        return self.wg_key
+
+    def _begin_rotation(self, now: float) -> int:
+        """Create the next WireGuard key, persist it with its switch time, announce both."""
+        assert self.core is not None
+        if self._left:
+            raise MeshError("rotating the WireGuard key: this node left the mesh")
+        if self.next_wg is not None:
+            return self.next_wg[1]  # one rotation at a time; this one is already announced
+        key = WireGuardKey(os.urandom(32))
+        at_ms = int((now + WG_KEY_LEAD_S) * 1000)
+        self.store.save_next_wireguard_key(key, at_ms)  # before announcing: survives a crash
+        self.next_wg = (key, at_ms)
+        self.core.update_self(now, next_wg_public_key=key.public, next_wg_key_at=at_ms)
+        self._after_core()
+        self._persist_wanted.set()
+        self._keys_changed.set()
+        log.info("WireGuard key rotation: next key %s announced, switching in %.0f s",
+                 key_id(key.public), WG_KEY_LEAD_S)  # fmt: skip
+        return at_ms
+
+    async def _finish_rotation(self, now: float) -> None:
+        """Our switch time came: the device takes the new key (desired_interface already uses
+        it), then we announce it as current, which tells late peers to switch too."""
+        assert self.core is not None and self.next_wg is not None
+        await self._apply_keys()
+        key = self.next_wg[0]
+        self.store.finish_wireguard_rotation(key)
+        self.wg_key, self.next_wg = key, None
+        if not self._left:
+            self.core.update_self(now, wg_public_key=key.public)
+            self.core.tell_underlay(now)  # gossip would wait in the tunnel for the new key
+            self._after_core()
+        self._persist_wanted.set()
+        log.info("WireGuard key rotation: switched to %s", key_id(key.public))
+
+    def _key_deadline(self, now: float) -> float:
+        """The next moment something about keys changes: our switch, a peer's switch, a PSK
+        epoch or secret activation, or our scheduled rotation."""
+        times = [now + 60.0]
+        if not self._left:
+            times.append(self.node.cert.not_after - CERT_LEAVE_MARGIN_S)
+        if self.next_wg is not None:
+            times.append(self.next_wg[1] / 1000)
+        elif self.config.wg_key_rotation_s:
+            times.append(self.store.wireguard_key_since() + self.config.wg_key_rotation_s)
+        if self.psk is not None:
+            times.append(self.psk.next_change(now))
+        if self.core is not None:
+            lag = PEER_SWITCH_LAG_MS / 1000
+            times += [
+                ann.next_wg_key_at / 1000 + lag
+                for ann in self.core.live_members()
+                if ann.next_wg_public_key is not None and ann.next_wg_key_at / 1000 + lag > now
+            ]
+        return min(times)
+
+    async def _key_loop(self) -> None:
+        while True:
+            self._keys_changed.clear()
+            now = self.clock()
+            delay = self._key_deadline(now) - now
+            if delay > 0:
+                # Woken early (a rotation began, a peer announced one) or at the deadline:
+                # either way act on whatever is due now. Re-planning instead would skip a
+                # deadline just passed, since the next one is computed from the time.
+                log.debug("keys: next change in %.3f s", delay)
+                await wait_event(self._keys_changed, delay)
+                now = self.clock()
+            if not self._left and now >= self.node.cert.not_after - CERT_LEAVE_MARGIN_S:
+                log.error(
+                    "certificate serial %d expires at %s: leaving the mesh (renew it with "
+                    "meshctl cert issue, then restart meshd)",
+                    self.node.cert.serial,
+                    time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.node.cert.not_after)),
+                )
+                await self.leave()
+            self._ratchet_psk(now)
+            if self.next_wg is not None and now * 1000 >= self.next_wg[1]:
+                await self._finish_rotation(now)
+            elif (
+                self.next_wg is None
+                and self.config.wg_key_rotation_s
+                and not self._left
+                and now >= self.store.wireguard_key_since() + self.config.wg_key_rotation_s
+            ):
+                self._begin_rotation(now)
+            # Handed to the reconciler, not awaited: a slow pass must not hold up the next key
+            # deadline (the ratchet write, a secret activation).
+            self._update_desired()
+
+    async def _apply_keys(self) -> None:
+        """Apply the desired interface now (a key or PSK changed at this instant)."""
+        if self.dataplane is None or self.core is None:
+            return
+        desired = self.desired_interface(self.core.live_members())
+        self._last_desired = desired
+        try:
+            await self.dataplane.apply_now(desired)
+        except MeshError as exc:
+            log.warning("applying new keys to %s: %s", self.config.interface, exc)
+            if self.reconciler is not None:
+                self.reconciler.trigger()
+
+    def _ratchet_psk(self, now: float) -> None:
+        """Advance the PSK secrets to the epoch of `now` and write them back, so the file never
+        holds a key from which an earlier epoch's PSKs could be derived."""
+        if self.psk is None:
+            return
+        ratcheted = self.psk.ratcheted(now)
+        if ratcheted == self.psk:
+            return
+        old_ids = self.psk.ids
+        self.psk = ratcheted
+        try:
+            keyfiles.rewrite_secret(Path(self.config.psk_file), ratcheted.to_text().encode())
+            self._psk_write_failed = False
+        except OSError as exc:
+            if not self._psk_write_failed:
+                log.warning("cannot advance the PSK ratchet in %s (%s): the file still holds an "
+                            "earlier epoch's key", self.config.psk_file, exc.strerror)  # fmt: skip
+            self._psk_write_failed = True
+        if ratcheted.ids != old_ids:
+            self._psk_ids_changed(ratcheted)
+
+    def _psk_ids_changed(self, psk: PskSecrets | None) -> None:
+        ids = psk.ids if psk else ()
+        self.verifier.psk_ids = ids
+        if self.core is not None and not self._left:
+            self.core.update_self(self.clock(), psk_ids=ids)
+            self._after_core()
+        log.info("mesh PSK secrets now %s", ", ".join(i.hex() for i in ids) or "none")
+
+    def _reload_psk(self) -> None:
+        if not self.config.psk_file:
+            return
+        try:
+            psk = load_psk(Path(self.config.psk_file))
+        except StartupError as exc:
+            log.error("reload refused, keeping the current PSK secrets: %s", exc)
+            return
+        old_ids = self.psk.ids if self.psk else ()
+        if psk.ids == old_ids:
+            log.info("reload: PSK secrets unchanged")
+            return
+        self.psk = psk
+        self._ratchet_psk(self.clock())
+        if self.psk.ids != old_ids:
+            self._psk_ids_changed(self.psk)
+        self._keys_changed.set()
+
+    def _psk_refusal(self, detail: str) -> None:
+        name = detail.split("'")[1] if detail.count("'") >= 2 else "?"
+        now = self.clock()
+        last = self._psk_refused.get(name)
+        if last is None or now - last[1] > 60.0:  # one line a minute per peer, not per packet
+            log.warning("refusing peer %s: %s", name, detail)
+        self._psk_refused[name] = (detail, now)
+
+    def _psk_status(self) -> dict[str, Any] | None:
+        if self.psk is None:
+            return None
+        now = self.clock()
+        chain = self.psk.active(now)
+        return {
+            "secret_ids": [i.hex() for i in self.psk.ids],
+            "active_id": chain.secret_id.hex(),
+            "period_s": chain.period,
+            "epoch": chain.epoch,
+            "next_change_at": self.psk.next_change(now),
+        }
 
     # --- persistence and supervision ------------------------------------------------------------
 
@@ -707,7 +935,7 @@ class Daemon:
         out = []
         for member in self.core.members():
             ann = member.ann
-            stats = self._peer_status(ann.wg_public_key)
+            stats = self._peer_status(ann.wg_key_at(now))
             endpoint = stats.peer.endpoint if stats else None
             out.append(
                 {
@@ -716,7 +944,7 @@ class Daemon:
                     "overlay_addresses": list(ann.cert.addresses),
                     "state": member.state.name.lower(),
                     "version": ann.version,
-                    "wg_public_key": keyfiles.encode_key(ann.wg_public_key).decode().strip(),
+                    "wg_public_key": _key_text(ann.wg_key_at(now)),
                     "endpoints": [_endpoint_text(e) for e in ann.endpoints],
                     "endpoint": _endpoint_text(endpoint) if endpoint else None,
                     "handshake_age_s": _handshake_age(stats, now),
@@ -740,6 +968,10 @@ class Daemon:
                 f"certificate expires in {left / 86400:.1f} days; renew it "
                 "(meshctl cert issue) and send SIGHUP"
             )
+        now = self.clock()
+        for name, (why, when) in sorted(self._psk_refused.items()):
+            if now - when < PSK_REFUSAL_SHOWN_S:
+                out.append(f"refusing peer {name}: {why}")
         return out
 
     def health(self) -> tuple[bool, str]:
@@ -769,7 +1001,10 @@ class Daemon:
                 "mesh": self.config.mesh,
                 "node_id": keyfiles.encode_key(self.node.identity.public).decode().strip(),
                 "overlay_addresses": list(self.node.cert.addresses),
-                "wg_public_key": keyfiles.encode_key(self.wg_key.public).decode().strip(),
+                "wg_public_key": _key_text(self._own_wg_key(self.clock()).public),
+                "wg_next_key": _key_text(self.next_wg[0].public) if self.next_wg else None,
+                "wg_next_key_at": self.next_wg[1] / 1000 if self.next_wg else None,
+                "psk": self._psk_status(),
                 "interface": self.config.interface,
                 "backend": self.backend.kind if self.backend else "none",
                 "listen_port": self.config.listen_port,
@@ -794,7 +1029,16 @@ class Daemon:
         }
 
     async def rotate(self) -> dict[str, Any]:
-        raise MeshError("WireGuard key rotation is not available yet (issue: keys that rotate)")
+        """`meshctl rotate`: announce a new WireGuard key now; switch WG_KEY_LEAD_S later."""
+        pending = self.next_wg is not None
+        at_ms = self._begin_rotation(self.clock())
+        when = time.strftime("%H:%M:%S UTC", time.gmtime(at_ms / 1000))
+        what = "a rotation is already under way" if pending else "new WireGuard key announced"
+        return {
+            "message": f"{what}; switching at {when}",
+            "next_key": _key_text(self.next_wg[0].public) if self.next_wg else None,
+            "switch_at": at_ms / 1000,
+        }
 
     async def apply_revocation(self, record: bytes) -> dict[str, Any]:
         assert self.core is not None
@@ -810,7 +1054,9 @@ class Daemon:
     # --- signals -----------------------------------------------------------------------------
 
     def reload(self) -> None:
-        """SIGHUP: read the certificate again; a renewed one is announced at once."""
+        """SIGHUP: read the PSK file and the certificate again; a renewed certificate or a new
+        set of PSK secrets is announced at once."""
+        self._reload_psk()
         try:
             node = load_identity(self.config)
         except StartupError as exc:
@@ -821,13 +1067,28 @@ class Daemon:
             return
         self.node = node
         assert self.core is not None
+        if self._left:
+            log.warning("reload: certificate serial %d loaded, but this node left the mesh; "
+                        "restart meshd to join again", node.cert.serial)  # fmt: skip
+            return
         self.core.update_self(self.clock(), certificate=node.cert)
         self._after_core()
+        self._keys_changed.set()  # a new expiry time
         log.info(
             "reload: certificate serial %d (valid until %s) announced",
             node.cert.serial,
             time.strftime("%Y-%m-%d", time.gmtime(node.cert.not_after)),
         )
+
+
+def _log_task_failure(task: asyncio.Task[None]) -> None:
+    """A daemon loop ended by an exception is a bug: say so at once, with the traceback."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+
+def _key_text(key: bytes) -> str:
+    return keyfiles.encode_key(key).decode().strip()
 
 
 def _endpoint_text(endpoint: tuple[str, int]) -> str:

@@ -61,6 +61,12 @@ def write_secret(path: Path, data: bytes, overwrite: bool = False) -> None:
     _write_atomic(path, data, 0o600, overwrite)
 
 
+def rewrite_secret(path: Path, data: bytes) -> None:
+    """Replace an existing secret file (0600) atomically, leaving its directory as it is (an
+    operator's /etc/meshd is not ours to tighten)."""
+    _write_atomic(path, data, 0o600, overwrite=True)
+
+
 def write_public(path: Path, data: bytes, overwrite: bool = True) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(path, data, 0o644, overwrite)

@@ -115,11 +115,13 @@ class MeshLab:
         seeds: list[int],
         name: str | None = None,
         prefixes: list[str] | None = None,
+        valid_for_s: int = 30 * 86400,
         **extra: Any,
     ) -> MeshdNode:
-        """Certificate, key and config for a meshd on lab host `index`, joining through the
-        meshd ports of the hosts in `seeds` (by index, IPv6 underlay). The certificate grants
-        `prefixes`; `extra` are config fields."""
+        """Certificate (valid from 5 minutes ago until `valid_for_s` from now), key and config
+        for a meshd on lab host `index`, joining through the meshd ports of the hosts in `seeds`
+        (by index, IPv6 underlay). The certificate grants `prefixes`; `extra` are config
+        fields."""
         host = self.lab.hosts[index]
         name = name or f"node{index}"
         directory = self.workdir / name
@@ -133,7 +135,7 @@ class MeshLab:
             prefixes=prefixes or [],
             roles=[],
             not_before=now - 300,
-            not_after=now + 30 * 86400,
+            not_after=now + valid_for_s,
         )
         keyfiles.write_secret(
             directory / "identity.key", keyfiles.encode_key(identity.seed), overwrite=True

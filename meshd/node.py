@@ -4,14 +4,17 @@ identity key, optional PSK secret. Every failure names the file and what is wron
 from __future__ import annotations
 
 import ipaddress
+import stat
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from meshd import keyfiles
 from meshd.config import Config
 from meshd.core.cert import Certificate, TrustAnchor, check_certificate, decode_certificate
 from meshd.core.errors import MeshError, RemoteProtocolError
 from meshd.core.identity import SigningKey
+from meshd.core.psk import PskSecrets
 
 
 class StartupError(MeshError):
@@ -23,6 +26,8 @@ class NodeIdentity:
     trust: TrustAnchor
     identity: SigningKey
     cert: Certificate
+    psk: PskSecrets | None = None
+    """The mesh PSK secrets (`psk_file`), or None when the mesh uses no preshared keys."""
 
     @property
     def overlay_ipv6(self) -> str:
@@ -55,4 +60,23 @@ def load_identity(config: Config, now: float | None = None) -> NodeIdentity:
         raise StartupError(
             f"advertise_prefixes: {sorted(missing)} not granted by certificate {config.certificate}"
         )
-    return NodeIdentity(trust, identity, cert)
+    psk = load_psk(Path(config.psk_file)) if config.psk_file else None
+    return NodeIdentity(trust, identity, cert, psk)
+
+
+def load_psk(path: Path) -> PskSecrets:
+    """Read the mesh PSK secret file; refuse it when others may read it (as ssh does)."""
+    try:
+        st = path.stat()
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StartupError(f"psk_file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise StartupError(
+            f"psk_file {path}: permissions {oct(stat.S_IMODE(st.st_mode))} are too open; "
+            "the mesh PSK secret must be 0600 (chmod 600)"
+        )
+    try:
+        return PskSecrets.from_text(text, f"psk_file {path}")
+    except MeshError as exc:
+        raise StartupError(str(exc)) from None

@@ -1,6 +1,7 @@
 """Persistent node state in `state_dir` (0700; secrets 0600; every write atomic).
 
-    wireguard.key     current WireGuard private key (base64)
+    wireguard.key     current WireGuard private key (base64); its mtime is the key's age
+    wireguard.next    during a key rotation: the next private key and its switch time (Unix ms)
     version           the last announcement version used (decimal): versions never go back
     peers.msgpack     raw announcements of known peers: after a restart of every node the mesh
                       re-forms by joining through them, with no seed
@@ -42,6 +43,34 @@ class StateStore:
         keyfiles.write_secret(
             self.directory / "wireguard.key", keyfiles.encode_key(key.private), overwrite=True
         )
+
+    def wireguard_key_since(self) -> float:
+        """Unix time the current WireGuard key was written (its age drives scheduled rotation)."""
+        return (self.directory / "wireguard.key").stat().st_mtime
+
+    def next_wireguard_key(self) -> tuple[WireGuardKey, int] | None:
+        """The rotation in progress: next key and its switch time (Unix ms), or None."""
+        path = self.directory / "wireguard.next"
+        try:
+            st = path.stat()
+            key_line, at_line = path.read_text().split()
+            if st.st_mode & 0o077:
+                raise ValueError("permissions too open")
+            return WireGuardKey(keyfiles.decode_key(key_line, str(path))), int(at_line)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, keyfiles.KeyFileError) as exc:
+            log.warning("state file %s unusable (%s); no key rotation in progress", path, exc)
+            return None
+
+    def save_next_wireguard_key(self, key: WireGuardKey, at_ms: int) -> None:
+        data = keyfiles.encode_key(key.private) + f"{at_ms}\n".encode()
+        keyfiles.write_secret(self.directory / "wireguard.next", data, overwrite=True)
+
+    def finish_wireguard_rotation(self, key: WireGuardKey) -> None:
+        """The next key became current: persist it, then forget the pending rotation."""
+        self.save_wireguard_key(key)
+        (self.directory / "wireguard.next").unlink(missing_ok=True)
 
     def version(self) -> int:
         try:

@@ -137,6 +137,8 @@ def encode_uapi_set(ops: Sequence[WgOp]) -> list[str]:
             psk = peer.preshared_key if peer.preshared_key is not None else ZERO_KEY
             lines.append(f"preshared_key={psk.hex()}")
             lines.append(f"persistent_keepalive_interval={peer.persistent_keepalive}")
+            if isinstance(op, UpdatePeer) and not op.allowed_ips_changed:
+                continue
             # Must precede the allowed_ip lines, else they are appended to the old set.
             lines.append("replace_allowed_ips=true")
             lines += [f"allowed_ip={p.with_prefixlen}" for p in peer.allowed_ips]
@@ -542,7 +544,7 @@ class KernelBackend:
                     key = b64encode(op.public_key).decode()
                     await wg.set(ifname, peer={"public_key": key, "remove": True})
                 else:
-                    await wg.set(ifname, peer=_kernel_peer_spec(op.peer))
+                    await wg.set(ifname, peer=kernel_peer_spec(op))
         except Exception as exc:
             raise WireGuardError(f"setting {describe(ops)} on {ifname}: {exc}") from None
         finally:
@@ -559,13 +561,18 @@ class KernelBackend:
         return None
 
 
-def _kernel_peer_spec(peer: WgPeer) -> dict[str, Any]:
+def kernel_peer_spec(op: AddPeer | UpdatePeer) -> dict[str, Any]:
+    """pyroute2 `wg.set` peer argument. As over UAPI: an update replaces AllowedIPs only when
+    they changed (without the replace flag the kernel would add to the old set)."""
+    peer = op.peer
     spec: dict[str, Any] = {
         "public_key": b64encode(peer.public_key).decode(),
         "persistent_keepalive": peer.persistent_keepalive,
-        "allowed_ips": [p.with_prefixlen for p in peer.allowed_ips],
         "preshared_key": b64encode(peer.preshared_key or ZERO_KEY).decode(),
     }
+    if isinstance(op, AddPeer) or op.allowed_ips_changed:
+        spec["allowed_ips"] = [p.with_prefixlen for p in peer.allowed_ips]
+        spec["replace_allowed_ips"] = True
     if peer.endpoint is not None:
         spec["endpoint_addr"], spec["endpoint_port"] = peer.endpoint
     return spec

@@ -30,12 +30,20 @@ from meshd.core.cert import (
 from meshd.core.errors import LocalProtocolError, Reject, RemoteProtocolError
 from meshd.core.identity import KEY_LEN, SIGNATURE_LEN, SigningKey, verify_signature
 
-ANNOUNCEMENT_FORMAT = 1
+ANNOUNCEMENT_FORMAT = 2
 ANNOUNCEMENT_DOMAIN = b"meshd-announcement-v1\x00"
 # Fits one datagram inside the tunnel (WireGuard MTU 1420 - 48 bytes of IPv6+UDP headers) with
 # room for the message envelope.
 MAX_ANNOUNCEMENT_SIZE = 1280
 MAX_ENDPOINTS = 8
+MAX_PSK_IDS = 4
+PEER_SWITCH_LAG_MS = 500
+"""Peers replace a rotating node's WireGuard key this long after its announced switch time, so
+that the node has surely switched first (clocks agreeing to well under this): until the peer
+switches, the node's new handshake is unanswered and its packets wait in wireguard-go's staging
+queue (128 per peer), while the peer's packets still reach it over the old session. A peer
+switching first would drop packets of the old session instead. See docs/keys.md."""
+PSK_ID_LEN = 8
 
 Endpoint = tuple[str, int]
 
@@ -71,12 +79,24 @@ class Announcement:
     """UDP port of meshd (join on the underlay, gossip inside the tunnel)."""
     issued_at: int
     """Unix milliseconds when signed; informational (logs, status)."""
+    psk_ids: tuple[bytes, ...]
+    """Public ids of the mesh PSK secrets the node holds (empty: it uses no PSK). Never the
+    secret: an id names a secret, so two nodes notice when they cannot agree on a PSK."""
     signature: bytes = field(repr=False)
     raw: bytes = field(repr=False, compare=False)
 
     @property
     def node_id(self) -> bytes:
         return self.cert.identity_key
+
+    def wg_key_at(self, now: float) -> bytes:
+        """The WireGuard key peers configure for this node at `now` (Unix seconds)."""
+        if (
+            self.next_wg_public_key is not None
+            and now * 1000 >= self.next_wg_key_at + PEER_SWITCH_LAG_MS
+        ):
+            return self.next_wg_public_key
+        return self.wg_public_key
 
     @property
     def name(self) -> str:
@@ -96,6 +116,7 @@ def sign_announcement(
     status: Status = Status.ALIVE,
     next_wg_public_key: bytes | None = None,
     next_wg_key_at: int = 0,
+    psk_ids: Iterable[bytes] = (),
 ) -> Announcement:
     """Sign our own announcement. Misuse (a prefix the certificate does not grant, a key that is
     not ours) raises `LocalProtocolError`: a node never claims what it may not."""
@@ -108,9 +129,12 @@ def sign_announcement(
         raise LocalProtocolError(f"prefixes {missing} are not granted by the certificate")
     if len(eps) > MAX_ENDPOINTS:
         raise LocalProtocolError(f"at most {MAX_ENDPOINTS} endpoints")
+    ids = tuple(psk_ids)
+    if len(ids) > MAX_PSK_IDS or any(len(i) != PSK_ID_LEN for i in ids):
+        raise LocalProtocolError(f"at most {MAX_PSK_IDS} PSK ids of {PSK_ID_LEN} bytes")
     body = enc.pack(
         (ANNOUNCEMENT_FORMAT, cert.raw, version, wg_public_key, next_wg_public_key,
-         next_wg_key_at, eps, prefs, int(status), meshd_port, issued_at)
+         next_wg_key_at, eps, prefs, int(status), meshd_port, issued_at, ids)
     )  # fmt: skip
     raw = enc.pack((body, identity.sign(ANNOUNCEMENT_DOMAIN, body)))
     if len(raw) > MAX_ANNOUNCEMENT_SIZE:
@@ -136,13 +160,26 @@ def _endpoints(value: object) -> tuple[Endpoint, ...]:
     return tuple(out)
 
 
+def _psk_ids(value: object) -> tuple[bytes, ...]:
+    items = enc.expect_tuple(value, "psk ids")
+    if len(items) > MAX_PSK_IDS:
+        raise RemoteProtocolError(Reject.MALFORMED, f"more than {MAX_PSK_IDS} PSK ids")
+    return tuple(enc.expect_bytes(i, "psk id", PSK_ID_LEN) for i in items)
+
+
+def psk_compatible(ours: Iterable[bytes], theirs: Iterable[bytes]) -> bool:
+    """Two nodes can agree on a pair PSK when neither uses one, or they share a secret."""
+    mine, other = set(ours), set(theirs)
+    return (not mine and not other) or bool(mine & other)
+
+
 def _decode(data: bytes) -> Announcement:
     """Size, structure and signature checks (no trust decisions)."""
     outer = enc.expect_tuple(enc.unpack(data, "announcement", MAX_ANNOUNCEMENT_SIZE), "ann", 2)
     body_bytes = enc.expect_bytes(outer[0], "announcement body")
     signature = enc.expect_bytes(outer[1], "announcement signature", SIGNATURE_LEN)
     body = enc.expect_tuple(
-        enc.unpack(body_bytes, "announcement body", MAX_ANNOUNCEMENT_SIZE), "announcement", 11
+        enc.unpack(body_bytes, "announcement body", MAX_ANNOUNCEMENT_SIZE), "announcement", 12
     )
     if body[0] != ANNOUNCEMENT_FORMAT:
         raise RemoteProtocolError(Reject.UNSUPPORTED_VERSION, f"announcement format {body[0]!r}")
@@ -165,6 +202,7 @@ def _decode(data: bytes) -> Announcement:
         status=status,
         meshd_port=enc.expect_int(body[9], "meshd port", 1, 65535),
         issued_at=enc.expect_int(body[10], "issued at"),
+        psk_ids=_psk_ids(body[11]),
         signature=signature,
         raw=data,
     )
@@ -186,9 +224,12 @@ class AnnouncementVerifier:
         trust: TrustAnchor,
         is_revoked: Callable[[Certificate], bool] = lambda c: False,
         cache_size: int = 4096,
+        psk_ids: Iterable[bytes] = (),
     ) -> None:
         self.trust = trust
         self.is_revoked = is_revoked
+        self.psk_ids = tuple(psk_ids)
+        """Ids of the PSK secrets this node holds; a peer holding none of them is refused."""
         self._cache: OrderedDict[bytes, Announcement] = OrderedDict()
         self._cache_size = cache_size
 
@@ -209,8 +250,24 @@ class AnnouncementVerifier:
             raise RemoteProtocolError(
                 Reject.NOT_CERTIFIED, f"{ann.name!r} advertises prefixes its certificate lacks"
             )
+        if not psk_compatible(self.psk_ids, ann.psk_ids):
+            raise RemoteProtocolError(Reject.PSK_MISMATCH, _psk_mismatch(ann, self.psk_ids))
         if digest not in self._cache:
             self._cache[digest] = ann
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return ann
+
+
+def _psk_mismatch(ann: Announcement, ours: tuple[bytes, ...]) -> str:
+    def ids(values: tuple[bytes, ...]) -> str:
+        return ", ".join(v.hex() for v in values)
+
+    if not ann.psk_ids:
+        return f"{ann.name!r} uses no mesh PSK secret; this node requires one ({ids(ours)})"
+    if not ours:
+        return (
+            f"{ann.name!r} uses mesh PSK secret {ids(ann.psk_ids)}; this node has none "
+            "(set psk_file)"
+        )
+    return f"{ann.name!r} uses mesh PSK secret {ids(ann.psk_ids)}; this node holds {ids(ours)}"

@@ -31,6 +31,7 @@ class Reject(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     WRONG_CHANNEL = "wrong_channel"
     UNKNOWN_TYPE = "unknown_type"
+    PSK_MISMATCH = "psk_mismatch"
 
 
 class MeshError(Exception):

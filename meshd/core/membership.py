@@ -258,6 +258,8 @@ class _PendingJoin:
     attempts: int
     hops: int
     retry: bool
+    sync: bool = True
+    """Push-pull with the answering node (a join); False for a mere notice (`tell_underlay`)."""
 
 
 class _Why(enum.Enum):
@@ -271,6 +273,11 @@ def _content(ann: Announcement) -> tuple[object, ...]:
 
 
 @functools.lru_cache(maxsize=1 << 16)
+def _revocation_term(ca_key: bytes, serial: int) -> int:
+    data = b"rev" + ca_key + serial.to_bytes(8, "big")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=16).digest(), "big")
+
+
 def _hash_term(node_id: bytes, version: int) -> int:
     h = hashlib.blake2b(node_id + version.to_bytes(8, "big"), digest_size=16).digest()
     return int.from_bytes(h, "big")
@@ -300,6 +307,7 @@ class MeshNode:
         verifier: AnnouncementVerifier | None = None,
         peers: Iterable[Announcement] = (),
         revocations: Iterable[Revocation] = (),
+        psk_ids: Iterable[bytes] = (),
     ) -> None:
         """`last_version`: the highest version this node signed before (persisted); the new one
         is above it and above the wall clock in ms. `peers`: verified announcements from the
@@ -311,9 +319,13 @@ class MeshNode:
         self._rng = rng
         self._verifier = verifier or AnnouncementVerifier(trust)
         self.node_id = identity.public
-        self._revoked: set[tuple[bytes, int]] = set()
+        self._revoked: dict[tuple[bytes, int], bytes] = {}
+        """Revoked (CA key, serial) -> the raw record, relayed in full push-pulls."""
+        revocation_hash = 0
         for rev in revocations:
-            self._revoked.add((rev.ca_key, rev.serial))
+            if (rev.ca_key, rev.serial) not in self._revoked:
+                self._revoked[(rev.ca_key, rev.serial)] = rev.raw
+                revocation_hash ^= _revocation_term(rev.ca_key, rev.serial)
 
         self._members: dict[bytes, Member] = {}
         self._by_overlay: dict[str, bytes] = {}
@@ -347,6 +359,9 @@ class MeshNode:
         self._left = False
         self._underlay_refute_after = -math.inf
         self._corrected: dict[tuple[str, bytes], float] = {}
+        self._last_reject: Reject | None = None
+        self._next_cert_expiry = math.inf
+        """Earliest certificate expiry among live members (Unix s), or later."""
 
         stagger = rng.random()  # desynchronise nodes started together
         self._next_probe = now + stagger * config.probe_interval
@@ -358,9 +373,9 @@ class MeshNode:
         self._me = sign_announcement(
             identity, certificate, version=max(last_version + 1, int(now * 1000)),
             wg_public_key=wg_public_key, endpoints=endpoints, meshd_port=meshd_port,
-            issued_at=int(now * 1000), prefixes=prefixes,
+            issued_at=int(now * 1000), prefixes=prefixes, psk_ids=psk_ids,
         )  # fmt: skip
-        self._hash ^= _hash_term(self.node_id, self._me.version)
+        self._hash ^= _hash_term(self.node_id, self._me.version) ^ revocation_hash
         # Bulk load (persisted peers, or a simulator's pre-converged mesh): the same steps as
         # `_add`, inlined because a 1,000-node simulation runs this a million times.
         members, by_overlay, live, live_pos = (self._members, self._by_overlay, self._live,
@@ -375,6 +390,7 @@ class MeshNode:
             live_pos[node_id] = len(live)
             live.append(node_id)
             self._hash ^= _hash_term(node_id, ann.version)
+            self._next_cert_expiry = min(self._next_cert_expiry, ann.cert.not_after)
             self._events.append(PeerJoined(ann))
         self._probe_list = list(self._live)
         rng.shuffle(self._probe_list)
@@ -475,6 +491,7 @@ class MeshNode:
         prefixes: Iterable[str] | None = None,
         meshd_port: int | None = None,
         certificate: Certificate | None = None,
+        psk_ids: Iterable[bytes] | None = None,
     ) -> Announcement:
         """Sign a new announcement with a higher version (new endpoints, keys, prefixes or a
         renewed certificate) and spread it. Raises `LocalProtocolError` on misuse."""
@@ -483,10 +500,21 @@ class MeshNode:
         self._resign(
             now, endpoints=endpoints, wg_public_key=wg_public_key,
             next_wg_public_key=next_wg_public_key, next_wg_key_at=next_wg_key_at,
-            prefixes=prefixes, meshd_port=meshd_port, certificate=certificate,
+            prefixes=prefixes, meshd_port=meshd_port, certificate=certificate, psk_ids=psk_ids,
         )  # fmt: skip
         self._flush_fresh()
         return self._me
+
+    def tell_underlay(self, now: float) -> None:
+        """Send our announcement to every live member over the underlay (a join request that
+        asks for no state back). For the one change the tunnel cannot carry: after our
+        WireGuard key switched, the tunnel to a peer works again only once that peer has our
+        new key. One datagram per member, answered by one."""
+        for node_id in self._live:
+            m = self._members[node_id]
+            if m.ann.endpoints:
+                dest = (m.ann.endpoints[0][0], m.ann.meshd_port)
+                self._send_join(dest, now, m.state, m.version, hops=2, retry=False, sync=False)
 
     # --- public API: inputs ------------------------------------------------------------------
 
@@ -545,6 +573,7 @@ class MeshNode:
         if now >= self._next_reap:
             self._next_reap = now + min(1.0, cfg.tombstone_ttl / 10)
             self._reap(now)
+            self._drop_expired(now)
         self._flush_fresh()
 
     # --- membership table --------------------------------------------------------------------
@@ -560,6 +589,7 @@ class MeshNode:
     def _make_live(self, node_id: bytes, m: Member, probe: bool = True) -> None:
         if node_id in self._live_pos:
             return
+        self._next_cert_expiry = min(self._next_cert_expiry, m.ann.cert.not_after)
         self._live_pos[node_id] = len(self._live)
         self._live.append(node_id)
         self._hash ^= _hash_term(node_id, m.version)
@@ -593,6 +623,22 @@ class MeshNode:
             m.overlay = ann.cert.addresses[0]
             self._by_overlay[m.overlay] = ann.node_id
         m.ann = ann
+        self._next_cert_expiry = min(self._next_cert_expiry, ann.cert.not_after)
+
+    def _drop_expired(self, now: float) -> None:
+        """A member whose certificate expired is dropped by everyone (its own meshd leaves
+        just before; this covers one that does not). Scans only when the earliest expiry of a
+        live member has come, which it tracks."""
+        if now < self._next_cert_expiry:
+            return
+        self._next_cert_expiry = math.inf
+        for node_id in list(self._live):
+            m = self._members[node_id]
+            if m.ann.cert.not_after <= now:
+                self._make_dead(node_id, m, MemberState.DEAD, now)
+                self._events.append(PeerDead(m.ann))
+            else:
+                self._next_cert_expiry = min(self._next_cert_expiry, m.ann.cert.not_after)
 
     def _reap(self, now: float) -> None:
         for node_id in [n for n in self._tombstones if self._members[n].expires <= now]:
@@ -603,7 +649,8 @@ class MeshNode:
                 del self._by_overlay[m.overlay]
 
     def state_hash(self) -> bytes:
-        """Order-independent hash of the live (node, version) set, self included."""
+        """Order-independent hash of the live (node, version) set, self included, and of the
+        revocations held: two nodes that differ in either exchange digests."""
         return self._hash.to_bytes(16, "big")
 
     def digest(self) -> tuple[DigestEntry, ...]:
@@ -684,13 +731,16 @@ class MeshNode:
         endpoints: Iterable[Endpoint] | None = None, wg_public_key: bytes | None = None,
         next_wg_public_key: bytes | None = None, next_wg_key_at: int | None = None,
         prefixes: Iterable[str] | None = None, meshd_port: int | None = None,
-        certificate: Certificate | None = None,
+        certificate: Certificate | None = None, psk_ids: Iterable[bytes] | None = None,
     ) -> None:  # fmt: skip
         old = self._me
         version = max(old.version + 1, at_least, int(now * 1000))
         if version > wire.MAX_VERSION:
             raise LocalProtocolError("announcement version space exhausted")
         next_key = old.next_wg_public_key if next_wg_public_key is None else next_wg_public_key
+        next_at = old.next_wg_key_at if next_wg_key_at is None else next_wg_key_at
+        if wg_public_key is not None and wg_public_key == next_key:
+            next_key, next_at = None, 0  # the announced rotation happened
         self._me = sign_announcement(
             self._identity,
             certificate or old.cert,
@@ -702,7 +752,8 @@ class MeshNode:
             prefixes=old.prefixes if prefixes is None else prefixes,
             status=old.status if status is None else status,
             next_wg_public_key=next_key,
-            next_wg_key_at=old.next_wg_key_at if next_wg_key_at is None else next_wg_key_at,
+            next_wg_key_at=next_at,
+            psk_ids=old.psk_ids if psk_ids is None else psk_ids,
         )
         self._hash ^= _hash_term(self.node_id, old.version) ^ _hash_term(self.node_id, version)
         self._broadcast(self.node_id, AnnounceItem(self._me.raw))
@@ -793,6 +844,7 @@ class MeshNode:
                 raise RemoteProtocolError(Reject.REVOKED, f"{ann.name!r} is revoked")
         except RemoteProtocolError as exc:
             self._reject(exc.reason, source, exc.detail)
+            self._last_reject = exc.reason
             return None
         return ann
 
@@ -949,7 +1001,8 @@ class MeshNode:
         if key in self._revoked:
             self.stats["duplicates"] += 1
             return
-        self._revoked.add(key)
+        self._revoked[key] = raw
+        self._hash ^= _revocation_term(rev.ca_key, rev.serial)
         self._events.append(RevocationAdded(rev))
         self._broadcast(b"rev" + rev.ca_key + rev.serial.to_bytes(8, "big"), RevocationItem(raw))
         for node_id, m in list(self._members.items()):
@@ -1072,12 +1125,12 @@ class MeshNode:
 
     def _send_join(
         self, destination: Address, now: float, target_state: MemberState, target_version: int,
-        *, hops: int, retry: bool, attempts: int = 1,
+        *, hops: int, retry: bool, attempts: int = 1, sync: bool = True,
     ) -> None:  # fmt: skip
         nonce = self._rng.randbytes(wire.NONCE_LEN)
         msg = wire.JoinRequest(nonce, self._me.raw, target_version, target_state)
         self._joins[nonce] = _PendingJoin(
-            destination, now + self.config.join_timeout, attempts, hops, retry
+            destination, now + self.config.join_timeout, attempts, hops, retry, sync
         )
         self._send(destination, wire.encode(msg), Channel.UNDERLAY)
 
@@ -1085,6 +1138,11 @@ class MeshNode:
         self, msg: wire.JoinRequest, size: int, source: Address, now: float
     ) -> None:
         ann = self._verify(msg.announcement, source, now)
+        if ann is None and self._last_reject is Reject.PSK_MISMATCH:
+            # Refused, but answered: our announcement lets the joiner log why it cannot join
+            # (it refuses us for the same reason) instead of retrying seeds in silence.
+            self._reply_join(msg, size, source, None)
+            return
         if ann is None or ann.node_id == self.node_id:
             return
         if (
@@ -1098,7 +1156,11 @@ class MeshNode:
             self._underlay_refute_after = now + self.config.probe_interval
             self._refute(self._me.version, now)
         self._apply_announcement(ann, source, now, _Why.GOSSIP)
-        m = self._members.get(ann.node_id)
+        self._reply_join(msg, size, source, self._members.get(ann.node_id))
+
+    def _reply_join(
+        self, msg: wire.JoinRequest, size: int, source: Address, m: Member | None
+    ) -> None:
         reply = wire.JoinReply(
             msg.nonce,
             self._me.raw,
@@ -1137,6 +1199,8 @@ class MeshNode:
                 self._send_join(source, now, m.state, m.version, hops=pending.hops + 1,
                                 retry=False)  # fmt: skip
             return
+        if not pending.sync:
+            return
         if not self._joined:
             self._bootstrap_from.add(ann.node_id)
         self._joined = True
@@ -1157,7 +1221,11 @@ class MeshNode:
     # --- push-pull (anti-entropy) ----------------------------------------------------------------
 
     def _send_push_pull(self, m: Member, full: bool) -> None:
-        msg = wire.PushPullRequest(self.state_hash(), self.digest() if full else None)
+        msg = wire.PushPullRequest(
+            self.state_hash(),
+            self.digest() if full else None,
+            tuple(self._revoked.values()) if full else (),
+        )
         self._send(m.address, wire.encode(msg), Channel.STREAM)
 
     def _merge_digest(
@@ -1210,14 +1278,25 @@ class MeshNode:
                 self.stats["push_pull_mismatch"] += 1
                 self._send_push_pull(peer, full=True)
             return
+        for raw in msg.revocations:
+            self._on_revocation(raw, peer.address, now)
+        if (peer.ann.cert.ca_key, peer.ann.cert.serial) in self._revoked:
+            return  # the request carried the sender's own revocation
         give, lack = self._merge_digest(msg.digest, sender, now)
-        reply = wire.PushPullReply(self.state_hash(), self.digest() if lack else None, tuple(give))
+        reply = wire.PushPullReply(
+            self.state_hash(),
+            self.digest() if lack else None,
+            tuple(give),
+            tuple(self._revoked.values()),
+        )
         self._send(peer.address, wire.encode(reply), Channel.STREAM)
 
     def _on_push_pull_reply(self, msg: wire.PushPullReply, sender: bytes, now: float) -> None:
         why = _Why.BOOTSTRAP if sender in self._bootstrap_from else _Why.GOSSIP
         self._bootstrap_from.discard(sender)
         source = self._members[sender].address
+        for raw in msg.revocations:
+            self._on_revocation(raw, source, now)
         for raw in msg.announcements:
             self._on_announcement(raw, source, now, why)
         if msg.digest is not None:

@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from meshd.core.errors import LocalProtocolError
 
 KEY_LEN = 32
+MIN_PERIOD_S = 10
+"""Shortest epoch: WireGuard only reads the PSK in handshakes, so epochs shorter than its 2-minute
+rekey are harmless; below 10 s, clock differences between nodes would be a large share of it."""
 MAX_RATCHET_STEPS = 1_000_000  # ~2,700 years of daily epochs; guards against a bad clock
 FILE_MAGIC = "meshd-psk-v1"
 
@@ -43,15 +46,28 @@ class PskChain:
     """Epoch number of `key`."""
     key: bytes
     """Chain key of `epoch`. Secret."""
+    active_from: int = 0
+    """Unix seconds from which this secret is the one in use (rolling to a new secret)."""
+    secret_id: bytes = b""
+    """Public 8-byte name of the secret, fixed at its creation (the key id of its first chain
+    key) and kept through the ratchet; announced so that nodes notice a missing or different
+    secret. Empty here means: this chain key is the first, compute it."""
 
     def __post_init__(self) -> None:
         if len(self.key) != KEY_LEN:
             raise LocalProtocolError("a PSK chain key is 32 bytes")
-        if self.period < 60:
-            raise LocalProtocolError("PSK epoch period must be at least 60 seconds")
+        if self.period < MIN_PERIOD_S:
+            raise LocalProtocolError(f"PSK epoch period must be at least {MIN_PERIOD_S} seconds")
+        if not self.secret_id:
+            object.__setattr__(self, "secret_id", self.key_id())
+        if len(self.secret_id) != 8:
+            raise LocalProtocolError("a PSK secret id is 8 bytes")
 
     def __repr__(self) -> str:
-        return f"PskChain(period={self.period}, epoch={self.epoch}, key=<secret>)"
+        return (
+            f"PskChain(period={self.period}, epoch={self.epoch}, "
+            f"id={self.secret_id.hex()}, key=<secret>)"
+        )
 
     def advance_to(self, epoch: int) -> PskChain:
         """The chain at a later (or the same) epoch. Going back is impossible by design."""
@@ -65,7 +81,7 @@ class PskChain:
         key = self.key
         for _ in range(epoch - self.epoch):
             key = hashlib.blake2b(key, digest_size=KEY_LEN, person=b"meshd-psk-ratch").digest()
-        return PskChain(self.period, epoch, key)
+        return PskChain(self.period, epoch, key, self.active_from, self.secret_id)
 
     def pair_psk(self, identity_a: bytes, identity_b: bytes) -> bytes:
         """The WireGuard PSK of the pair (A, B) in this epoch; symmetric in A and B."""
@@ -83,7 +99,10 @@ class PskChain:
 
     def to_text(self) -> str:
         key = base64.b64encode(self.key).decode()
-        return f"{FILE_MAGIC}\nperiod={self.period}\nepoch={self.epoch}\nkey={key}\n"
+        return (
+            f"{FILE_MAGIC}\nperiod={self.period}\nepoch={self.epoch}\n"
+            f"active_from={self.active_from}\nid={self.secret_id.hex()}\nkey={key}\n"
+        )
 
     @classmethod
     def from_text(cls, text: str, what: str) -> PskChain:
@@ -93,8 +112,86 @@ class PskChain:
         fields = dict(ln.split("=", 1) for ln in lines[1:] if "=" in ln)
         try:
             key = base64.b64decode(fields["key"], validate=True)
-            return cls(int(fields["period"]), int(fields["epoch"]), key)
+            secret_id = bytes.fromhex(fields.get("id", ""))
+            return cls(
+                int(fields["period"]),
+                int(fields["epoch"]),
+                key,
+                int(fields.get("active_from", "0")),
+                secret_id,
+            )
         except KeyError as exc:
             raise LocalProtocolError(f"{what}: missing field {exc.args[0]}") from None
         except (ValueError, binascii.Error) as exc:
             raise LocalProtocolError(f"{what}: {exc}") from None
+
+
+MAX_SECRETS = 4
+
+
+@dataclass(frozen=True)
+class PskSecrets:
+    """The contents of a PSK secret file: one secret, or several while the operator rolls the
+    mesh to a new one (each with the Unix second from which it is used).
+
+    The secret in use at `now` is the one with the latest `active_from` not after `now`. Every
+    node derives the same pair PSK as long as the nodes agree on the time to within the margin
+    documented in docs/keys.md; a node accepts a peer that holds at least one of its secrets.
+    """
+
+    chains: tuple[PskChain, ...]
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.chains) <= MAX_SECRETS:
+            raise LocalProtocolError(f"a PSK file holds 1 to {MAX_SECRETS} secrets")
+        if len({c.secret_id for c in self.chains}) != len(self.chains):
+            raise LocalProtocolError("a PSK file holds the same secret twice")
+
+    def __repr__(self) -> str:
+        return f"PskSecrets({', '.join(repr(c) for c in self.chains)})"
+
+    @property
+    def ids(self) -> tuple[bytes, ...]:
+        """The public ids of the secrets held, in file order (announced)."""
+        return tuple(c.secret_id for c in self.chains)
+
+    def active(self, now: float) -> PskChain:
+        """The secret in use at `now`, advanced to the epoch of `now` (never backwards: a chain
+        already past that epoch, after a clock step back, stays where it is)."""
+        started = [c for c in self.chains if c.active_from <= now]
+        chain = max(started or self.chains, key=lambda c: c.active_from)
+        return chain.advance_to(max(chain.epoch, epoch_at(now, chain.period)))
+
+    def ratcheted(self, now: float) -> PskSecrets:
+        """What the file should hold at `now`: every secret advanced to the epoch of `now`, and
+        secrets superseded by a newer active one dropped, so a later compromise of the file
+        reveals no earlier epoch's keys."""
+        current = self.active(now)
+        keep = [
+            c.advance_to(max(c.epoch, epoch_at(now, c.period)))
+            for c in self.chains
+            if c.active_from >= current.active_from
+        ]
+        return PskSecrets(tuple(keep))
+
+    def next_change(self, now: float) -> float:
+        """The next Unix time at which the pair PSKs change: an epoch boundary of the secret in
+        use, or the activation of a newer secret."""
+        chain = self.active(now)
+        times = [(chain.epoch + 1) * chain.period]
+        times += [c.active_from for c in self.chains if c.active_from > now]
+        return float(min(times))
+
+    def to_text(self) -> str:
+        return "".join(c.to_text() for c in self.chains)
+
+    @classmethod
+    def from_text(cls, text: str, what: str) -> PskSecrets:
+        blocks = [b for b in text.split(FILE_MAGIC) if b.strip()]
+        if not blocks or not text.lstrip().startswith(FILE_MAGIC):
+            raise LocalProtocolError(f"{what}: not a meshd PSK secret (first line {FILE_MAGIC})")
+        try:
+            return cls(tuple(PskChain.from_text(FILE_MAGIC + b, what) for b in blocks))
+        except LocalProtocolError as exc:
+            msg = str(exc)
+            raise LocalProtocolError(msg if msg.startswith(what) else f"{what}: {msg}") from None

@@ -234,6 +234,9 @@ class UpdatePeer:
     """Replace a peer's endpoint (when desired), AllowedIPs, PSK and keepalive."""
 
     peer: WgPeer
+    allowed_ips_changed: bool = True
+    """False: leave AllowedIPs alone. Replacing them is not atomic in wireguard-go (remove all,
+    then insert each), so a PSK change would otherwise open a moment without a route."""
 
 
 @dataclass(frozen=True)
@@ -289,7 +292,6 @@ def plan_device(desired: WgDevice, actual: WgDevice | None) -> list[WgOp]:
         ops.append(SetFwmark(desired.fwmark))
     have = actual.peer_map() if actual is not None else {}
     want = desired.peer_map()
-    ops.extend(RemovePeer(k) for k in sorted(have.keys() - want.keys()))
     for key, peer in sorted(want.items()):
         if key not in have:
             ops.append(AddPeer(peer))
@@ -300,7 +302,10 @@ def plan_device(desired: WgDevice, actual: WgDevice | None) -> list[WgOp]:
                 # next one. Re-creating the peer lets the first packet start a handshake now.
                 ops += [RemovePeer(key), AddPeer(peer)]
             else:
-                ops.append(UpdatePeer(peer))
+                ops.append(UpdatePeer(peer, peer.allowed_ips != have[key].allowed_ips))
+    # Removals last: a peer replacing another (a rotated key) takes over its AllowedIPs when it
+    # is added, prefix by prefix, so no packet meets a moment without a route.
+    ops.extend(RemovePeer(k) for k in sorted(have.keys() - want.keys()))
     return ops
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 from meshd.core import encoding as enc
+from meshd.core.cert import MAX_REVOCATION_SIZE
 from meshd.core.errors import Reject, RemoteProtocolError
 from meshd.core.identity import KEY_LEN
 
@@ -357,9 +358,13 @@ class PushPullRequest:
     """16-byte order-independent hash of the sender's live (node, version) set."""
     digest: tuple[DigestEntry, ...] | None
     """Every node the sender knows (live and tombstones) with version and state, or None."""
+    revocations: tuple[bytes, ...] = ()
+    """With a digest: every revocation record the sender holds (they are few and must reach
+    nodes that were away while one was gossiped)."""
 
     def fields(self) -> tuple[Any, ...]:
-        return (self.state_hash, None if self.digest is None else pack_digest(self.digest))
+        digest = None if self.digest is None else pack_digest(self.digest)
+        return (self.state_hash, digest, self.revocations)
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,10 +381,12 @@ class PushPullReply:
     """Sender's digest if it wants announcements back, else None (ends the exchange)."""
     announcements: tuple[bytes, ...]
     """Raw signed announcements newer than, or missing from, the peer's digest."""
+    revocations: tuple[bytes, ...] = ()
+    """Every revocation record the sender holds, when answering a full request."""
 
     def fields(self) -> tuple[Any, ...]:
         digest = None if self.digest is None else pack_digest(self.digest)
-        return (self.state_hash, digest, self.announcements)
+        return (self.state_hash, digest, self.announcements, self.revocations)
 
 
 Message = (
@@ -438,19 +445,27 @@ def _from_fields(kind: int, f: tuple[Any, ...]) -> Message:
         n(1)
         return Gossip(_items(f[0]))
     if kind == MessageType.PUSH_PULL_REQUEST:
-        n(2)
+        n(3)
         return PushPullRequest(
-            enc.expect_bytes(f[0], "state hash", STATE_HASH_LEN), _digest_field(f[1])
+            enc.expect_bytes(f[0], "state hash", STATE_HASH_LEN),
+            _digest_field(f[1]),
+            _revocations(f[2]),
         )
     if kind == MessageType.PUSH_PULL_REPLY:
-        n(3)
+        n(4)
         anns = enc.expect_tuple(f[2], "announcements")
         return PushPullReply(
             enc.expect_bytes(f[0], "state hash", STATE_HASH_LEN),
             _digest_field(f[1]),
             tuple(enc.expect_bytes(a, "announcement") for a in anns),
+            _revocations(f[3]),
         )
     raise RemoteProtocolError(Reject.UNKNOWN_TYPE, f"message type {kind}")
+
+
+def _revocations(value: object) -> tuple[bytes, ...]:
+    items = enc.expect_tuple(value, "revocations")
+    return tuple(enc.expect_bytes(r, "revocation", max_len=MAX_REVOCATION_SIZE) for r in items)
 
 
 def channel_of(msg: Message) -> Channel:

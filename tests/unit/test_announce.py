@@ -4,6 +4,7 @@ from meshd.core import encoding as enc
 from meshd.core.announce import (
     ANNOUNCEMENT_DOMAIN,
     MAX_ANNOUNCEMENT_SIZE,
+    PEER_SWITCH_LAG_MS,
     AnnouncementVerifier,
     Status,
     sign_announcement,
@@ -108,3 +109,32 @@ def test_identity_must_match_certificate() -> None:
             node_key(9), node_cert(8), version=1, wg_public_key=bytes(32), endpoints=[],
             meshd_port=1, issued_at=0,
         )  # fmt: skip
+
+
+def test_psk_secret_ids_travel_signed_and_decide_acceptance() -> None:
+    x, y = b"x" * 8, b"y" * 8
+    ann = sign_announcement(
+        node_key(1), node_cert(1), version=1, wg_public_key=bytes(32), endpoints=[],
+        meshd_port=51821, issued_at=0, psk_ids=[x, y],
+    )  # fmt: skip
+    assert AnnouncementVerifier(TRUST, psk_ids=(y,)).verify(ann.raw, NOW).psk_ids == (x, y)
+    assert verify(ann.raw, psk_ids=()) is Reject.PSK_MISMATCH
+    assert verify(ann.raw, psk_ids=(b"z" * 8,)) is Reject.PSK_MISMATCH
+    assert verify(announcement(1).raw, psk_ids=(x,)) is Reject.PSK_MISMATCH
+    assert verify(announcement(1).raw) is None
+    with pytest.raises(LocalProtocolError, match="PSK ids"):
+        sign_announcement(
+            node_key(1), node_cert(1), version=1, wg_public_key=bytes(32), endpoints=[],
+            meshd_port=51821, issued_at=0, psk_ids=[b"short"],
+        )  # fmt: skip
+
+
+def test_peers_take_a_rotated_key_after_the_announced_time_plus_lag() -> None:
+    nxt = bytes([7]) * 32
+    at_ms = int(NOW * 1000) + 10_000
+    ann = sign_announcement(
+        node_key(1), node_cert(1), version=1, wg_public_key=bytes(32), endpoints=[],
+        meshd_port=51821, issued_at=0, next_wg_public_key=nxt, next_wg_key_at=at_ms,
+    )  # fmt: skip
+    assert ann.wg_key_at(at_ms / 1000) == bytes(32)  # the node itself switches first
+    assert ann.wg_key_at((at_ms + PEER_SWITCH_LAG_MS) / 1000) == nxt

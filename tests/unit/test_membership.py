@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshd.core import wire
+from meshd.core.announce import AnnouncementVerifier
 from meshd.core.cert import issue_revocation
 from meshd.core.errors import Reject
 from meshd.core.membership import (
@@ -215,6 +216,80 @@ def test_revocation_drops_member_and_refuses_its_announcements() -> None:
     newer = c.update_self(NOW + 1, endpoints=[("192.0.2.9", 1)])
     a.receive(gossip(AnnounceItem(newer.raw)), src, NOW + 1)
     assert a.events() == [MessageRejected(Reject.REVOKED, src)]
+
+
+def test_a_node_without_the_mesh_psk_is_refused_and_told_why() -> None:
+    lab = Lab(2)
+    secret_id = b"\x01" * 8
+    verifier = AnnouncementVerifier(lab.net.trust, psk_ids=(secret_id,))
+    a = lab.core(0, psk_ids=(secret_id,), verifier=verifier)
+    b = lab.core(1)  # no PSK secret
+    b.join([lab.net.underlay_address(0)], NOW)
+    sent = lab.deliver(NOW)
+    # The seed refuses the joiner but still answers (no bigger than the request), so the joiner
+    # refuses it in turn and both can say why; neither becomes a member.
+    assert [e.reason for e in lab.events(0)] == [Reject.PSK_MISMATCH]  # type: ignore[attr-defined]
+    assert [e.reason for e in lab.events(1)] == [Reject.PSK_MISMATCH]  # type: ignore[attr-defined]
+    assert [type(wire.decode(t.data, t.channel)) for t in sent] == [
+        wire.JoinRequest,
+        wire.JoinReply,
+    ]
+    assert a.members() == [] and b.members() == []
+    assert a.announcement.psk_ids == (secret_id,) and b.announcement.psk_ids == ()
+
+
+def test_new_wireguard_key_is_told_over_the_underlay_without_a_state_sync() -> None:
+    lab = Lab(2)
+    a, b = lab.converged(2)
+    old = b.announcement
+    nxt = bytes(range(32))
+    b.update_self(NOW + 1, next_wg_public_key=nxt, next_wg_key_at=int((NOW + 11) * 1000))
+    switched = b.update_self(NOW + 11, wg_public_key=nxt)
+    assert (switched.wg_public_key, switched.next_wg_public_key, switched.next_wg_key_at) == (
+        nxt,
+        None,
+        0,
+    )
+    b.datagrams_to_send()  # the gossip inside the tunnel: lost, the tunnel waits for the key
+    b.tell_underlay(NOW + 11)
+    sent = lab.deliver(NOW + 11)
+    kinds = [(type(wire.decode(t.data, t.channel)), t.channel) for t in sent]
+    assert kinds[:2] == [(wire.JoinRequest, Channel.UNDERLAY), (wire.JoinReply, Channel.UNDERLAY)]
+    assert Channel.STREAM not in {t.channel for t in sent}  # a notice, not a join: no push-pull
+    assert lab.events(0) == [PeerUpdated(switched, old)]
+    assert a.member(b.node_id).ann.wg_key_at(NOW + 11) == nxt  # type: ignore[union-attr]
+
+
+def test_a_node_that_missed_a_revocation_learns_it_by_push_pull() -> None:
+    lab = Lab(3)
+    a, b, c = lab.converged(3)
+    rev = issue_revocation(
+        lab.net.ca, mesh=MESH, serial=c.announcement.cert.serial, identity_key=c.node_id,
+        revoked_at=0, reason="lost",
+    )  # fmt: skip
+    a.add_revocation(rev, NOW)
+    a.datagrams_to_send()  # the gossip is lost: b was away
+    assert a.state_hash() != b.state_hash()  # revocations are part of the state hash
+    lab.events(0)
+    # b's periodic hash-only push-pull reaches a; the hashes differ, so a starts a full one,
+    # which carries its revocations.
+    b_src = lab.source_of(1, Channel.STREAM)
+    a.receive(wire.encode(wire.PushPullRequest(b.state_hash(), None)), b_src, NOW, Channel.STREAM)
+    lab.deliver(NOW, drop={2})
+    assert lab.events(1) == [RevocationAdded(rev), PeerDead(c.announcement)]
+    assert a.state_hash() == b.state_hash()
+    assert c.node_id not in {ann.node_id for ann in b.live_members()}
+
+
+def test_a_member_whose_certificate_expired_is_dropped() -> None:
+    lab = Lab(2)
+    a, b = lab.converged(2)
+    expiry = b.announcement.cert.not_after
+    a.handle_timer(expiry - 1)
+    assert [e for e in a.events() if isinstance(e, PeerDead)] == []
+    a.handle_timer(expiry + 1)
+    assert [e for e in a.events() if isinstance(e, PeerDead)] == [PeerDead(b.announcement)]
+    assert a.live_members() == []
 
 
 def test_failed_probe_goes_indirect_then_suspects_with_nacks_keeping_health() -> None:

@@ -6,12 +6,14 @@ import json
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from meshd import keyfiles
 from meshd.core.cert import decode_certificate
+from meshd.node import StartupError, load_psk
 
 
 def meshctl(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -135,3 +137,34 @@ def test_bad_input_is_a_message_not_a_traceback(ca_dir: Path) -> None:
         assert r.returncode == 1, args
         assert r.stderr.startswith("meshctl: "), (args, r.stderr)
         assert "Traceback" not in r.stderr
+
+
+def test_psk_init_and_roll(tmp_path: Path) -> None:
+    secret = tmp_path / "psk.secret"
+    r = meshctl(tmp_path, "psk", "init", str(secret), "--period", "3600")
+    assert r.returncode == 0, r.stderr
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    first = load_psk(secret)
+    assert [c.period for c in first.chains] == [3600]
+    assert r.stdout.startswith(f"wrote mesh PSK secret {first.ids[0].hex()}")
+
+    at = int(time.time()) + 86400
+    r = meshctl(tmp_path, "psk", "roll", str(secret), "--at", str(at))
+    assert r.returncode == 0, r.stderr
+    rolled = load_psk(secret)
+    assert rolled.ids[0] == first.ids[0] and len(rolled.ids) == 2
+    assert [c.active_from for c in rolled.chains] == [0, at]
+    assert rolled.active(at - 1).secret_id == first.ids[0]
+    assert rolled.active(at).secret_id == rolled.ids[1]
+
+    r = meshctl(tmp_path, "psk", "roll", str(secret), "--at", "1")
+    assert (r.returncode, r.stderr.strip()) == (
+        1,
+        "meshctl: --at: the new secret must become active in the future",
+    )
+    assert load_psk(secret) == rolled  # refused: nothing changed
+
+    # meshd refuses a secret others may read, naming the file and the fix.
+    secret.chmod(0o644)
+    with pytest.raises(StartupError, match=r"psk_file .*: permissions 0o644 are too open"):
+        load_psk(secret)

@@ -1,7 +1,8 @@
 import pytest
 
+from meshd.core.announce import psk_compatible
 from meshd.core.errors import LocalProtocolError
-from meshd.core.psk import PskChain, epoch_at
+from meshd.core.psk import PskChain, PskSecrets, epoch_at
 
 A, B, C = bytes([1]) * 32, bytes([2]) * 32, bytes([3]) * 32
 ORIGIN = PskChain(86400, 0, bytes(32))
@@ -43,5 +44,51 @@ def test_secret_file_round_trip_and_errors() -> None:
         PskChain.from_text("hello", "f")
     with pytest.raises(LocalProtocolError, match="missing field key"):
         PskChain.from_text("meshd-psk-v1\nperiod=86400\nepoch=1\n", "f")
-    with pytest.raises(LocalProtocolError, match="at least 60 seconds"):
+    with pytest.raises(LocalProtocolError, match="at least 10 seconds"):
         PskChain.from_text(chain.to_text().replace("period=86400", "period=5"), "f")
+
+
+def test_secret_id_is_fixed_at_creation_and_survives_the_ratchet() -> None:
+    assert ORIGIN.secret_id == ORIGIN.key_id()
+    later = ORIGIN.advance_to(9)
+    assert later.secret_id == ORIGIN.secret_id and later.key_id() != ORIGIN.key_id()
+    assert PskChain.from_text(later.to_text(), "f").secret_id == ORIGIN.secret_id
+
+
+OLD = PskChain(100, 0, bytes(32))
+NEW = PskChain(100, 0, bytes([9]) * 32, active_from=1000)
+
+
+def test_secret_file_with_a_pending_secret_switches_at_its_activation() -> None:
+    secrets = PskSecrets.from_text(OLD.to_text() + NEW.to_text(), "f")
+    assert secrets.ids == (OLD.secret_id, NEW.secret_id)
+    assert secrets.active(999.9) == OLD.advance_to(9)
+    assert secrets.active(1000.0) == NEW.advance_to(10)
+    assert secrets.next_change(950.0) == 1000.0  # activation comes before the epoch end
+    assert secrets.next_change(1000.0) == 1100.0
+    # Before the switch both are kept (ratcheted); after it the old one is dropped for good.
+    assert secrets.ratcheted(999.0).chains == (OLD.advance_to(9), NEW.advance_to(9))
+    assert secrets.ratcheted(1000.0).chains == (NEW.advance_to(10),)
+
+
+def test_a_clock_stepped_back_keeps_the_chain_where_it_is() -> None:
+    secrets = PskSecrets((OLD.advance_to(20),))
+    assert secrets.active(500.0).epoch == 20
+
+
+def test_secret_file_errors_name_the_file() -> None:
+    with pytest.raises(LocalProtocolError, match="f: not a meshd PSK secret"):
+        PskSecrets.from_text("junk\n" + OLD.to_text(), "f")
+    with pytest.raises(LocalProtocolError, match="f: a PSK file holds the same secret twice"):
+        PskSecrets.from_text(OLD.to_text() * 2, "f")
+    with pytest.raises(LocalProtocolError, match="f: a PSK secret id is 8 bytes"):
+        PskSecrets.from_text(OLD.to_text().replace(f"id={OLD.secret_id.hex()}", "id=00"), "f")
+
+
+def test_compatibility_of_announced_secret_ids() -> None:
+    a, b = b"a" * 8, b"b" * 8
+    assert psk_compatible((), ())
+    assert psk_compatible((a, b), (b,))
+    assert not psk_compatible((a,), ())
+    assert not psk_compatible((), (a,))
+    assert not psk_compatible((a,), (b,))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 
 from meshd.adapters.wireguard import (
@@ -9,6 +10,7 @@ from meshd.adapters.wireguard import (
     describe,
     encode_uapi_set,
     format_endpoint,
+    kernel_peer_spec,
     parse_endpoint,
 )
 from meshd.core.wgplan import (
@@ -109,3 +111,25 @@ def test_run_wireguard_is_the_default_socket_dir_not_a_private_one() -> None:
     assert argv[1:] == ["-f", "mesh0"]
     private = UserspaceBackend(socket_dir=Path("/tmp/meshd-x/wg"))._argv("mesh0")
     assert private[0] == "unshare"
+
+
+def test_psk_only_update_leaves_allowed_ips_alone() -> None:
+    # wireguard-go replaces AllowedIPs by removing all, then inserting each: a PSK change must
+    # not open that window (a packet in it has no route and is dropped).
+    peer = WgPeer(K2, None, (N("fd00::2/128"),), PSK, 25)
+    assert encode_uapi_set([UpdatePeer(peer, allowed_ips_changed=False)]) == [
+        f"public_key={K2.hex()}",
+        "update_only=true",
+        f"preshared_key={PSK.hex()}",
+        "persistent_keepalive_interval=25",
+    ]
+
+
+def test_kernel_peer_spec_replaces_allowed_ips_only_when_they_changed() -> None:
+    peer = WgPeer(K2, None, (N("fd00::2/128"),), PSK, 25)
+    assert kernel_peer_spec(AddPeer(peer))["allowed_ips"] == ["fd00::2/128"]
+    assert kernel_peer_spec(AddPeer(peer))["replace_allowed_ips"] is True
+    assert kernel_peer_spec(UpdatePeer(peer))["replace_allowed_ips"] is True
+    psk_only = kernel_peer_spec(UpdatePeer(peer, allowed_ips_changed=False))
+    assert "allowed_ips" not in psk_only and "replace_allowed_ips" not in psk_only
+    assert base64.b64decode(psk_only["preshared_key"]) == PSK

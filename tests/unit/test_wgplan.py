@@ -86,8 +86,8 @@ CASES: list[tuple[str, MeshInterface, MeshInterface | None, list[Op]]] = [
         mesh((P1, P3)),
         BASE,
         [
+            AddPeer(P3),  # additions first: a rotated key's new peer takes over AllowedIPs
             RemovePeer(K2),
-            AddPeer(P3),
             RemoveRoute(N("fd00::2/128")),
             AddRoute(N("fd00::3/128")),
         ],
@@ -106,7 +106,11 @@ CASES: list[tuple[str, MeshInterface, MeshInterface | None, list[Op]]] = [
         "endpoint changed",
         mesh((dataclasses.replace(P1, endpoint=("192.0.2.9", 51820)), P2)),
         BASE,
-        [UpdatePeer(dataclasses.replace(P1, endpoint=("192.0.2.9", 51820)))],
+        [
+            UpdatePeer(
+                dataclasses.replace(P1, endpoint=("192.0.2.9", 51820)), allowed_ips_changed=False
+            )
+        ],
     ),
     (
         "first endpoint re-creates the peer (no 5 s handshake back-off)",
@@ -124,15 +128,21 @@ CASES: list[tuple[str, MeshInterface, MeshInterface | None, list[Op]]] = [
         "psk removed",
         mesh((P1, dataclasses.replace(P2, preshared_key=None))),
         BASE,
-        [UpdatePeer(dataclasses.replace(P2, preshared_key=None))],
+        [UpdatePeer(dataclasses.replace(P2, preshared_key=None), allowed_ips_changed=False)],
     ),
     (
         "keepalive changed",
         mesh((P1, dataclasses.replace(P2, persistent_keepalive=0))),
         BASE,
-        [UpdatePeer(dataclasses.replace(P2, persistent_keepalive=0))],
+        [UpdatePeer(dataclasses.replace(P2, persistent_keepalive=0), allowed_ips_changed=False)],
     ),
     ("key rotated", mesh(key=K3), BASE, [SetPrivateKey(K3)]),
+    (
+        "peer's key rotated: the new peer takes the AllowedIPs, then the old goes",
+        mesh((P1, dataclasses.replace(P2, public_key=K3))),
+        BASE,
+        [AddPeer(dataclasses.replace(P2, public_key=K3)), RemovePeer(K2)],
+    ),
     ("port changed", mesh(port=4000), BASE, [SetListenPort(4000)]),
     ("fwmark set (exit routes)", MARKED, BASE, [SetFwmark(0x6D65)]),
     ("fwmark cleared", BASE, MARKED, [SetFwmark(0)]),
