@@ -336,7 +336,7 @@ async def start_egress_lab(lab: Lab, workdir: Path) -> EgressLab:
         )
     baseline = {f"h{h.index}": await host_traces(h) for h in lab.hosts}
     mesh = MeshLab(lab, workdir)
-    gateway = {"egress_nat": True, "protected_ranges": [PROTECTED]}
+    gateway: dict[str, Any] = {"egress_nat": True, "protected_ranges": [PROTECTED]}
     gw_a = mesh.add_node(
         1, seeds=[], name="gw-a", prefixes=[*EXIT, "64:ff9b::/96"],
         advertise_prefixes=[*EXIT, "64:ff9b::/96"], nat64=True, **gateway,
