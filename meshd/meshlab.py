@@ -16,6 +16,7 @@ processes; `stop()` is for tests that check a graceful exit.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -47,6 +48,7 @@ class MeshdNode:
     extra: dict[str, Any] = field(default_factory=dict)
     proc: asyncio.subprocess.Process | None = None
     started_at: float = 0.0
+    _wg_public_key: bytes | None = None
 
     @property
     def config_path(self) -> Path:
@@ -85,6 +87,16 @@ class MeshdNode:
         except (MeshdNotRunning, OSError):
             return None
 
+    async def wg_public_key(self) -> bytes:
+        """This node's WireGuard public key (kept in its state directory across restarts, so
+        it is read once, while the node runs)."""
+        if self._wg_public_key is None:
+            status = await self.status()
+            if status is None:
+                raise RuntimeError(f"meshd {self.name} does not answer:\n{self.log_tail()}")
+            self._wg_public_key = base64.b64decode(status["node"]["wg_public_key"])
+        return self._wg_public_key
+
     async def wireguard_peers(self) -> dict[bytes, tuple[str, ...]]:
         """Public key -> AllowedIPs as wireguard-go reports them (read over UAPI directly)."""
         client = UapiClient(self.host.wg_dir / "mesh0.sock")
@@ -109,16 +121,23 @@ class MeshLab:
         self.ca = CertificateAuthority.init(workdir / "ca", mesh, force=True)
 
     def add_node(
-        self, index: int, seeds: list[int], name: str | None = None, **extra: Any
+        self,
+        index: int,
+        seeds: list[int],
+        name: str | None = None,
+        ca: CertificateAuthority | None = None,
+        **extra: Any,
     ) -> MeshdNode:
         """Certificate, key and config for a meshd on lab host `index`, joining through the
-        meshd ports of the hosts in `seeds` (by index, IPv6 underlay)."""
+        meshd ports of the hosts in `seeds` (by index, IPv6 underlay). `ca`: issue the
+        certificate from (and trust) another CA than the mesh's, as a rogue node would."""
         host = self.lab.hosts[index]
         name = name or f"node{index}"
         directory = self.workdir / name
         identity = SigningKey(os.urandom(32))
         now = int(time.time())
-        cert = self.ca.issue(
+        ca = ca or self.ca
+        cert = ca.issue(
             name=name,
             identity_key=identity.public,
             ipv4="auto",
@@ -134,7 +153,7 @@ class MeshLab:
         keyfiles.write_public(
             directory / "node.cert", keyfiles.armor(keyfiles.CERT_LABEL, cert.raw)
         )
-        keyfiles.write_public(directory / "ca.pub", (self.workdir / "ca" / "ca.pub").read_bytes())
+        keyfiles.write_public(directory / "ca.pub", (ca.directory / "ca.pub").read_bytes())
         seed_addrs = [f"[{self.lab.hosts[s].underlay_v6.ip}]:{MESHD_PORT}" for s in seeds]
         node = MeshdNode(host, name, directory, cert, seed_addrs, extra)
         self.write_config(node)
@@ -231,3 +250,27 @@ class MeshLab:
                 ]
                 print(f"--- {n.name}: {peers}\n{n.log_tail(15)}", file=sys.stderr)
             raise
+
+    async def wireguard_peer_names(self, nodes: list[MeshdNode]) -> dict[str, set[str]]:
+        """Node name -> names of the peers in its wireguard-go (keys of nodes outside `nodes`
+        appear as `?KEYID`), for every running node of `nodes`. The keys of nodes that are
+        down now must have been read before (`wg_public_key`)."""
+        names = {await n.wg_public_key(): n.name for n in nodes if n.running or n._wg_public_key}
+        out = {}
+        for n in nodes:
+            if n.running:
+                out[n.name] = {names.get(k, f"?{k[:8].hex()}") for k in await n.wireguard_peers()}
+        return out
+
+    async def unreachable_pairs(self, nodes: list[MeshdNode], within: float = 2.0) -> list[str]:
+        """Every ordered pair `a->b` of `nodes` whose IPv6 overlay ping goes unanswered (each
+        node pings the others one after another; the nodes run in parallel)."""
+
+        async def from_one(a: MeshdNode) -> list[str]:
+            return [
+                f"{a.name}->{b.name}"
+                for b in nodes
+                if b is not a and not await a.host.ping(b.overlay_v6, within=within)
+            ]
+
+        return [pair for pairs in await asyncio.gather(*map(from_one, nodes)) for pair in pairs]
