@@ -190,7 +190,7 @@ async def run(nodes: int, repeat: int, idle_seconds: float) -> dict[str, object]
         async with Lab(prefix, hosts=nodes + 1) as lab:
             mesh = MeshLab(lab, Path(tmp))
             members = [mesh.add_node(i, seeds=[0] if i else []) for i in range(nodes)]
-            await mesh.start_mesh(members, within=120)
+            await mesh.start_mesh(members, within=120, batch=5)  # start-up is not measured
             bench = FaultBench(lab, mesh, members)
             dns = await LabDns.start(lab)
             await dns.set("seed.lab", [str(members[0].host.underlay_v6.ip)])

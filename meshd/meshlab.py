@@ -190,13 +190,23 @@ class MeshLab:
             log=node.log_path,
         )
 
-    async def start_mesh(self, nodes: list[MeshdNode], within: float = 40.0) -> float:
+    async def start_mesh(
+        self, nodes: list[MeshdNode], within: float = 40.0, batch: int | None = None
+    ) -> float:
         """Start the first node (the seed of the others), wait for its API, start the rest at
-        once, and wait until every node sees every other alive with a handshake. Returns the
-        seconds the last step took."""
+        once (or `batch` at a time, each batch up before the next: a Python daemon needs about
+        a second of CPU to start, and 30 starting at once on two cores starve the ones already
+        running into suspicion), and wait until every node sees every other alive with a
+        handshake. Returns the seconds the last step took."""
         await self.start(nodes[0])
         await self.wait_api(nodes[0])
-        await asyncio.gather(*(self.start(n) for n in nodes[1:]))
+        rest = nodes[1:]
+        step = batch or len(rest) or 1
+        for i in range(0, len(rest), step):
+            group = rest[i : i + step]
+            await asyncio.gather(*(self.start(n) for n in group))
+            if batch:
+                await asyncio.gather(*(self.wait_api(n, within) for n in group))
         return await self.wait_full_mesh(nodes, within)
 
     async def wait_api(self, node: MeshdNode, within: float = 20.0) -> None:
