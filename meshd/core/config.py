@@ -78,12 +78,6 @@ class MembershipConfig:
     seeds when it knows no live member). This is what heals a partition: both halves declared
     each other dead. Default 10 s (Serf uses 30 s): bounded cost, one 1400-byte datagram."""
 
-    reconnect_burst: int = 8
-    """When a member held DEAD comes back (a partition ended), this many other dead members are
-    sent a join request at once, at most once per `reconnect_interval`. Default 8: in a split
-    of N nodes each node of one side asks 8 of the other, so every node there hears "you are
-    held dead" directly and refutes within a round trip; the cost is bounded whatever N."""
-
     tombstone_ttl: float = 3600.0
     """How long dead/left records are kept: they block stale gossip from resurrecting a node,
     and dead ones are reconnect candidates. Default 1 h: longer partitions need the seeds."""

@@ -41,9 +41,7 @@ Timers (all driven by `handle_timer(now)`; `get_timer()` gives the next deadline
   node declared dead on the other side of a healed partition learns it and refutes.
 * reconnect, every `reconnect_interval`: a join request over the underlay to one random DEAD
   member (and to the seeds when no member is alive). Dead members are unreachable in the
-  tunnel, so without this a 50/50 partition would stay split forever (as in wesher). When a
-  member held DEAD comes back, up to `reconnect_burst` other dead members are asked at once
-  (at most once per interval): the partition has likely ended, and each refutes directly.
+  tunnel, so without this a 50/50 partition would stay split forever (as in wesher).
 * join retries and tombstone expiry.
 
 Local health (Lifeguard IV-A): a score in [0, awareness_max - 1], +1 for a failed probe whose
@@ -355,7 +353,6 @@ class MeshNode:
         self._next_gossip = now + stagger * config.gossip_interval
         self._next_push_pull = now + (0.5 + stagger) * config.push_pull_interval
         self._next_reconnect = now + (0.5 + stagger) * config.reconnect_interval
-        self._next_reconnect_burst = now
         self._next_reap = now + min(1.0, config.tombstone_ttl / 10)
 
         self._me = sign_announcement(
@@ -847,8 +844,6 @@ class MeshNode:
                 m.state = MemberState.ALIVE
                 self._make_live(node_id, m)
                 self._events.append(PeerJoined(ann))
-                if old_state is MemberState.DEAD:
-                    self._reconnect_now(now)
         if why is not _Why.BOOTSTRAP:
             self._broadcast(node_id, AnnounceItem(ann.raw), eager=True)
         return True
@@ -1147,36 +1142,17 @@ class MeshNode:
         self._joined = True
         self._send_push_pull(m, full=True)
 
-    def _reconnect(self, now: float, count: int = 1) -> None:
-        """Retry `count` random dead members over the underlay; retry the seeds if nobody is
-        alive."""
+    def _reconnect(self, now: float) -> None:
+        """Retry one dead member over the underlay; retry the seeds if nobody is alive."""
         dead = [n for n in self._tombstones if self._members[n].state is MemberState.DEAD]
-        if not dead:
-            chosen = []
-        elif count == 1:
-            chosen = [self._rng.choice(dead)]
-        else:
-            chosen = self._rng.sample(dead, min(count, len(dead)))
-        for node_id in chosen:
-            m = self._members[node_id]
+        if dead:
+            m = self._members[self._rng.choice(dead)]
             if m.ann.endpoints:
                 dest = (m.ann.endpoints[0][0], m.ann.meshd_port)
                 self._send_join(dest, now, MemberState.DEAD, m.version, hops=0, retry=False)
         if not self._live and self._seeds:
             for seed in self._seeds:
                 self._send_join(seed, now, MemberState.UNKNOWN, 0, hops=0, retry=False)
-
-    def _reconnect_now(self, now: float) -> None:
-        """A member we held dead is back: the partition that separated us has probably ended,
-        and the other members we hold dead are likely reachable again too. Ask up to
-        `reconnect_burst` of them at once instead of one per `reconnect_interval`; each one
-        refutes directly, where otherwise it would learn of its death only through a
-        suspicion relayed by push-pull, seconds later. At most one burst per interval, so a
-        crashed node coming back (the others still dead) costs a few datagrams, once."""
-        if now < self._next_reconnect_burst or self._left:
-            return
-        self._next_reconnect_burst = now + self.config.reconnect_interval
-        self._reconnect(now, count=self.config.reconnect_burst)
 
     # --- push-pull (anti-entropy) ----------------------------------------------------------------
 

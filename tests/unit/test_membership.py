@@ -407,33 +407,3 @@ def test_unsigned_claim_about_our_future_version_is_refused() -> None:
         a.receive(gossip(claim), src, NOW)
     assert a.events() == [MessageRejected(Reject.CONFLICT, src)] * 2
     assert a.announcement.version == v
-
-
-def test_a_dead_member_coming_back_makes_the_node_ask_the_other_dead_at_once() -> None:
-    # A partition ends: b, held dead, refutes. a asks c and d, also held dead, right away
-    # instead of one of them per reconnect interval, and only once per interval.
-    lab = Lab(4)
-    a, b, c, d = lab.converged(4)
-    src = lab.source_of(1, Channel.OVERLAY)
-    for x in (b, c, d):
-        a.receive(gossip(DeadItem(x.node_id, x.announcement.version, a.node_id)), src, NOW)
-    assert a.events() == [PeerDead(x.announcement) for x in (b, c, d)]
-    a.datagrams_to_send()
-    back = b.update_self(NOW + 5, endpoints=b.announcement.endpoints)
-    a.receive(gossip(AnnounceItem(back.raw)), src, NOW + 5)
-    assert a.events() == [PeerJoined(back)]
-    joins = sorted(
-        (t.destination, (m.target_version, m.target_state))
-        for t in a.datagrams_to_send()
-        if isinstance(m := wire.decode(t.data, t.channel), wire.JoinRequest)
-    )
-    expected = [
-        ((x.announcement.endpoints[0][0], x.announcement.meshd_port),
-         (x.announcement.version, MemberState.DEAD))
-        for x in (c, d)
-    ]  # fmt: skip
-    assert joins == sorted(expected)
-    assert lab.config.reconnect_interval > 0.5
-    c_back = c.update_self(NOW + 5.5, endpoints=c.announcement.endpoints)
-    a.receive(gossip(AnnounceItem(c_back.raw)), src, NOW + 5.5)
-    assert not [t for t in a.datagrams_to_send() if t.channel is Channel.UNDERLAY]
