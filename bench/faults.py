@@ -25,7 +25,8 @@ idle_bytes_per_node_s all bytes the N hosts send onto the underlay (switch port 
                       WireGuard-wrapped probes and gossip, handshakes, keepalives, neighbour
                       discovery) per node per second, over --idle-seconds of a converged mesh.
 
-Also: nodes, repeat, membership_preset, machine. The figures depend on CPU: on a busy machine
+Also: nodes, repeat, membership_preset, machine; and `failed` when a phase timed out (the
+figures measured before it are still printed, later phases are skipped, exit code 1). The figures depend on CPU: on a busy machine
 the daemons are late to probe and to answer, which lengthens every figure.
 """
 
@@ -200,19 +201,28 @@ async def run(nodes: int, repeat: int, idle_seconds: float) -> dict[str, object]
             figures["idle_bytes_per_node_s"] = round(await bench.idle_bytes(idle_seconds), 1)
             # Victims and movers rotate through the non-seed nodes.
             pick = [members[1 + r % (nodes - 1)] for r in range(repeat)]
-            figures |= summary(
-                "crash_removed_all_s", [await bench.crash(v, signal.SIGKILL) for v in pick]
-            )
-            figures |= summary("leave_all_s", [await bench.crash(v, signal.SIGTERM) for v in pick])
-            figures |= summary("ip_change_resume_s", [await bench.ip_change(v) for v in pick])
-            dns_runs = []
-            for r in range(repeat):
+
+            async def by_name(r: int) -> float:
                 new = mesh.add_node(spare.index, seeds=[], name=f"byname{r}")
                 new.seeds = [f"seed.lab:{MESHD_PORT}"]
                 mesh.write_config(new)
-                dns_runs.append(await bench.dns_change(dns, members[0], new))
-            figures |= summary("dns_change_resume_s", dns_runs)
-            figures |= summary("partition_heal_s", [await bench.partition() for _ in range(repeat)])
+                return await bench.dns_change(dns, members[0], new)
+
+            phases: list[tuple[str, Callable[[int], Awaitable[float]]]] = [
+                ("crash_removed_all_s", lambda r: bench.crash(pick[r], signal.SIGKILL)),
+                ("leave_all_s", lambda r: bench.crash(pick[r], signal.SIGTERM)),
+                ("ip_change_resume_s", lambda r: bench.ip_change(pick[r])),
+                ("dns_change_resume_s", by_name),
+                ("partition_heal_s", lambda r: bench.partition()),
+            ]
+            for key, measure in phases:
+                # A phase that times out leaves the mesh unhealthy: report what was measured
+                # up to there (the failure under "failed") rather than nothing.
+                try:
+                    figures |= summary(key, [await measure(r) for r in range(repeat)])
+                except TimeoutError as exc:
+                    figures["failed"] = f"{key}: {exc}"
+                    break
             figures["membership_preset"] = mesh.membership
     figures["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, {platform.release()}"
     return figures
@@ -248,4 +258,7 @@ def main(argv: list[str]) -> int:
     else:
         for k, v in result.items():
             print(f"{k:28} {v}")
+    if "failed" in result:
+        print(f"bench faults: {result['failed']} (is the machine busy?)", file=sys.stderr)
+        return 1
     return 0
