@@ -26,8 +26,9 @@ idle_bytes_per_node_s all bytes the N hosts send onto the underlay (switch port 
                       discovery) per node per second, over --idle-seconds of a converged mesh.
 
 Also: nodes, repeat, membership_preset, machine; and `failed` when a phase timed out (the
-figures measured before it are still printed, later phases are skipped, exit code 1). The figures depend on CPU: on a busy machine
-the daemons are late to probe and to answer, which lengthens every figure.
+figures measured before it are still printed, later phases are skipped, exit code 1).
+The figures depend on CPU: on a busy machine the daemons are late to probe and to answer,
+which lengthens every figure.
 """
 
 from __future__ import annotations
