@@ -1,7 +1,8 @@
 """The one way meshctl (and tests) talk to a running meshd: HTTP over its unix socket.
 
-Connection failures become `MeshdNotRunning` with the socket path; HTTP errors become
-`ApiError` with the daemon's message. Callers never see aiohttp exceptions.
+Connection failures become `MeshdNotRunning` with the socket path, no answer in time
+`MeshdNotAnswering`; HTTP errors become `ApiError` with the daemon's message. Callers never see
+aiohttp exceptions.
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ API_PREFIX = "/v0"
 class MeshdNotRunning(MeshError):
     def __init__(self, socket: Path) -> None:
         super().__init__(f"meshd is not running at {socket}")
+        self.socket = socket
+
+
+class MeshdNotAnswering(MeshError):
+    def __init__(self, socket: Path, timeout: float) -> None:
+        super().__init__(f"meshd at {socket} did not answer within {timeout}s")
         self.socket = socket
 
 
@@ -55,9 +62,7 @@ class MeshdClient:
         except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionRefusedError):
             raise MeshdNotRunning(self.socket) from None
         except TimeoutError:
-            raise MeshError(
-                f"meshd at {self.socket} did not answer within {self.timeout}s"
-            ) from None
+            raise MeshdNotAnswering(self.socket, self.timeout) from None
 
     async def status(self) -> dict[str, Any]:
         return await self.request("GET", f"{API_PREFIX}/status")  # type: ignore[no-any-return]

@@ -103,17 +103,7 @@ class LabHost:
     async def spawn(self, *argv: str, log: Path | None = None) -> asyncio.subprocess.Process:
         """Start a long-running command in this namespace; the lab kills it on exit. Its
         output is appended to `log` when given."""
-        out = open(log, "ab") if log is not None else asyncio.subprocess.DEVNULL  # noqa: SIM115, ASYNC230 (a local file, instant)
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                "ip", "netns", "exec", self.netns, *argv,
-                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
-            )  # fmt: skip
-        finally:
-            if not isinstance(out, int):
-                out.close()  # the child has its own copy
-        self.lab._procs.append(proc)
-        return proc
+        return await self.lab.spawn(self.netns, *argv, log=log)
 
     async def processes(self) -> list[int]:
         """PIDs of the processes running in this namespace."""
@@ -311,6 +301,26 @@ class Lab:
 
     def __getitem__(self, i: int) -> LabHost:
         return self.hosts[i]
+
+    async def spawn(
+        self, netns: str, *argv: str, log: Path | None = None
+    ) -> asyncio.subprocess.Process:
+        """Start a long-running command in one of the lab's namespaces; killed on exit."""
+        out = open(log, "ab") if log is not None else asyncio.subprocess.DEVNULL  # noqa: SIM115, ASYNC230 (a local file, instant)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "ip", "netns", "exec", netns, *argv,
+                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+            )  # fmt: skip
+        finally:
+            if not isinstance(out, int):
+                out.close()  # the child has its own copy
+        self._procs.append(proc)
+        return proc
+
+    def port(self, host: LabHost) -> str:
+        """The switch port (bridge member in the switch namespace) of `host`'s eth0."""
+        return f"p{host.index}"
 
     async def __aenter__(self) -> Lab:
         try:

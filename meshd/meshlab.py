@@ -16,6 +16,7 @@ processes; `stop()` is for tests that check a graceful exit.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ipaddress
 import json
@@ -30,7 +31,7 @@ from typing import Any
 from meshd import keyfiles
 from meshd.adapters.wireguard import UapiClient, decode_uapi_get
 from meshd.ca import CertificateAuthority
-from meshd.client import MeshdClient, MeshdNotRunning
+from meshd.client import MeshdClient, MeshdNotAnswering, MeshdNotRunning
 from meshd.core.cert import Certificate
 from meshd.core.identity import SigningKey
 from meshd.lab import Container, Internet, Lab, LabHost, fetch, wait_for
@@ -48,6 +49,7 @@ class MeshdNode:
     extra: dict[str, Any] = field(default_factory=dict)
     proc: asyncio.subprocess.Process | None = None
     started_at: float = 0.0
+    _wg_public_key: bytes | None = None
 
     @property
     def config_path(self) -> Path:
@@ -80,11 +82,23 @@ class MeshdNode:
             return "(no log)"
 
     async def status(self) -> dict[str, Any] | None:
-        """The node's `meshctl status --json`, or None while it does not answer."""
+        """The node's `meshctl status --json`, or None while it does not answer (not running
+        yet, or too busy to answer within the client's timeout, as a node starved of CPU in a
+        large lab can be)."""
         try:
             return await self.client.status()
-        except (MeshdNotRunning, OSError):
+        except (MeshdNotRunning, MeshdNotAnswering, OSError):
             return None
+
+    async def wg_public_key(self) -> bytes:
+        """This node's WireGuard public key (kept in its state directory across restarts, so
+        it is read once, while the node runs)."""
+        if self._wg_public_key is None:
+            status = await self.status()
+            if status is None:
+                raise RuntimeError(f"meshd {self.name} does not answer:\n{self.log_tail()}")
+            self._wg_public_key = base64.b64decode(status["node"]["wg_public_key"])
+        return self._wg_public_key
 
     async def wireguard_peers(self) -> dict[bytes, tuple[str, ...]]:
         """Public key -> AllowedIPs as wireguard-go reports them (read over UAPI directly)."""
@@ -116,18 +130,21 @@ class MeshLab:
         name: str | None = None,
         prefixes: list[str] | None = None,
         valid_for_s: int = 30 * 86400,
+        ca: CertificateAuthority | None = None,
         **extra: Any,
     ) -> MeshdNode:
         """Certificate (valid from 5 minutes ago until `valid_for_s` from now), key and config
         for a meshd on lab host `index`, joining through the meshd ports of the hosts in `seeds`
         (by index, IPv6 underlay). The certificate grants `prefixes`; `extra` are config
-        fields."""
+        fields. `ca`: issue the certificate from (and trust) another CA than the mesh's, as a
+        rogue node would."""
         host = self.lab.hosts[index]
         name = name or f"node{index}"
         directory = self.workdir / name
         identity = SigningKey(os.urandom(32))
         now = int(time.time())
-        cert = self.ca.issue(
+        ca = ca or self.ca
+        cert = ca.issue(
             name=name,
             identity_key=identity.public,
             ipv4="auto",
@@ -143,7 +160,7 @@ class MeshLab:
         keyfiles.write_public(
             directory / "node.cert", keyfiles.armor(keyfiles.CERT_LABEL, cert.raw)
         )
-        keyfiles.write_public(directory / "ca.pub", (self.workdir / "ca" / "ca.pub").read_bytes())
+        keyfiles.write_public(directory / "ca.pub", (ca.directory / "ca.pub").read_bytes())
         seed_addrs = [f"[{self.lab.hosts[s].underlay_v6.ip}]:{MESHD_PORT}" for s in seeds]
         node = MeshdNode(host, name, directory, cert, seed_addrs, extra)
         self.write_config(node)
@@ -178,13 +195,23 @@ class MeshLab:
             log=node.log_path,
         )
 
-    async def start_mesh(self, nodes: list[MeshdNode], within: float = 40.0) -> float:
+    async def start_mesh(
+        self, nodes: list[MeshdNode], within: float = 40.0, batch: int | None = None
+    ) -> float:
         """Start the first node (the seed of the others), wait for its API, start the rest at
-        once, and wait until every node sees every other alive with a handshake. Returns the
-        seconds the last step took."""
+        once (or `batch` at a time, each batch up before the next: a Python daemon needs about
+        a second of CPU to start, and 30 starting at once on two cores starve the ones already
+        running into suspicion), and wait until every node sees every other alive with a
+        handshake. Returns the seconds the last step took."""
         await self.start(nodes[0])
         await self.wait_api(nodes[0])
-        await asyncio.gather(*(self.start(n) for n in nodes[1:]))
+        rest = nodes[1:]
+        step = batch or len(rest) or 1
+        for i in range(0, len(rest), step):
+            group = rest[i : i + step]
+            await asyncio.gather(*(self.start(n) for n in group))
+            if batch:
+                await asyncio.gather(*(self.wait_api(n, within) for n in group))
         return await self.wait_full_mesh(nodes, within)
 
     async def wait_api(self, node: MeshdNode, within: float = 20.0) -> None:
@@ -225,9 +252,20 @@ class MeshLab:
         return {o.name for o in others if o is not node} <= alive
 
     async def wait_full_mesh(self, nodes: list[MeshdNode], within: float = 30.0) -> float:
+        """Wait until every node sees every other alive with a handshake; returns seconds.
+        Nodes already there are not asked again until all are (then all are checked once
+        more): in a 30-node lab, asking every node every 50 ms costs the daemons CPU."""
+        pending = list(nodes)
+
         async def done() -> bool:
+            nonlocal pending
+            results = await asyncio.gather(*(self.sees(n, nodes) for n in pending))
+            pending = [n for n, ok in zip(pending, results, strict=True) if not ok]
+            if pending:
+                return False
             results = await asyncio.gather(*(self.sees(n, nodes) for n in nodes))
-            return all(results)
+            pending = [n for n, ok in zip(nodes, results, strict=True) if not ok]
+            return not pending
 
         try:
             return await wait_for(done, within, "every node to see every other alive", 0.05)
@@ -240,6 +278,30 @@ class MeshLab:
                 ]
                 print(f"--- {n.name}: {peers}\n{n.log_tail(15)}", file=sys.stderr)
             raise
+
+    async def wireguard_peer_names(self, nodes: list[MeshdNode]) -> dict[str, set[str]]:
+        """Node name -> names of the peers in its wireguard-go (keys of nodes outside `nodes`
+        appear as `?KEYID`), for every running node of `nodes`. The keys of nodes that are
+        down now must have been read before (`wg_public_key`)."""
+        names = {await n.wg_public_key(): n.name for n in nodes if n.running or n._wg_public_key}
+        out = {}
+        for n in nodes:
+            if n.running:
+                out[n.name] = {names.get(k, f"?{k[:8].hex()}") for k in await n.wireguard_peers()}
+        return out
+
+    async def unreachable_pairs(self, nodes: list[MeshdNode], within: float = 2.0) -> list[str]:
+        """Every ordered pair `a->b` of `nodes` whose IPv6 overlay ping goes unanswered (each
+        node pings the others one after another; the nodes run in parallel)."""
+
+        async def from_one(a: MeshdNode) -> list[str]:
+            return [
+                f"{a.name}->{b.name}"
+                for b in nodes
+                if b is not a and not await a.host.ping(b.overlay_v6, within=within)
+            ]
+
+        return [pair for pairs in await asyncio.gather(*map(from_one, nodes)) for pair in pairs]
 
 
 # --- gateways and a simulated internet ------------------------------------------------------

@@ -1,0 +1,265 @@
+"""`python -m bench faults --nodes N [--repeat R] [--json]`: how the mesh rides through faults,
+on real meshd processes and wireguard-go in network namespaces (root).
+
+N nodes form a mesh through one seed (node0), on a lab bridge with nftables fault rules
+(meshd/labfaults.py) and a dnsmasq server. Then, each R times (median reported, every run in
+`*_runs`), timed from the moment the fault is made:
+
+crash_removed_all_s   kill -9 of one node (not the seed) until every other node has removed it
+                      from its WireGuard configuration (read over the UAPI socket). The node is
+                      then restarted with the same identity and the mesh waited whole again.
+leave_all_s           SIGTERM to one node until every other node shows it `left` in
+                      `meshctl status --json` and has removed it from WireGuard.
+partition_heal_s      the mesh is cut 50/50 (nftables drop on the bridge) and held until every
+                      node has removed the other half from WireGuard (longer than the failure
+                      timeout); then the cut is removed and this is the time until every node
+                      sees every other alive with a WireGuard handshake again.
+ip_change_resume_s    one node's underlay addresses (IPv6 and IPv4) change; time until a ping to
+                      its overlay address succeeds from every other node.
+dns_change_resume_s   the seed's underlay address changes and its DNS name (`seed.lab`, served
+                      by the lab's dnsmasq) is updated at once; then a new node whose only seed
+                      is `seed.lab:51821` starts. Time from the address change until the new
+                      node answers pings from every node (includes its process start, ~0.3 s).
+                      The new node leaves again before the next run.
+idle_bytes_per_node_s all bytes the N hosts send onto the underlay (switch port counters:
+                      WireGuard-wrapped probes and gossip, handshakes, keepalives, neighbour
+                      discovery) per node per second, over --idle-seconds of a converged mesh.
+
+Also: nodes, repeat, membership_preset, machine; and `failed` when a phase timed out (the
+figures measured before it are still printed, later phases are skipped, exit code 1).
+The figures depend on CPU: on a busy machine the daemons are late to probe and to answer,
+which lengthens every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import ipaddress
+import json
+import os
+import platform
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from bench.join import fast_ping
+from meshd.lab import Lab
+from meshd.labfaults import LabDns, SwitchFaults
+from meshd.meshlab import MESHD_PORT, MeshdNode, MeshLab
+
+POLL_S = 0.05
+"""Polling period of the watchers: light, since the bench shares the cores with the daemons."""
+
+
+async def until_all(
+    nodes: list[MeshdNode],
+    condition: Callable[[MeshdNode], Awaitable[bool]],
+    t0: float,
+    within: float,
+    what: str,
+) -> float:
+    """Seconds from `t0` until `condition` held for every node (each watched on its own)."""
+    done_at: list[float] = []
+
+    async def watch(node: MeshdNode) -> None:
+        while not await condition(node):
+            if time.monotonic() - t0 > within:
+                raise TimeoutError(f"{what}: not true on {node.name} after {within} s")
+            await asyncio.sleep(POLL_S)
+        done_at.append(time.monotonic() - t0)
+
+    await asyncio.gather(*(watch(n) for n in nodes))
+    return max(done_at)
+
+
+async def wg_key(node: MeshdNode) -> bytes:
+    status = await node.status()
+    assert status is not None, f"{node.name} does not answer"
+    return base64.b64decode(status["node"]["wg_public_key"])
+
+
+def others(nodes: list[MeshdNode], *excluded: MeshdNode) -> list[MeshdNode]:
+    return [n for n in nodes if n not in excluded]
+
+
+class FaultBench:
+    def __init__(self, lab: Lab, mesh: MeshLab, nodes: list[MeshdNode]) -> None:
+        self.lab = lab
+        self.mesh = mesh
+        self.nodes = nodes
+        self.faults = SwitchFaults(lab)
+        self.moves = 0
+
+    async def idle_bytes(self, seconds: float) -> float:
+        await asyncio.sleep(3)  # let the join traffic of a fresh mesh pass
+        hosts = [n.host.index for n in self.nodes]
+        before = await self.faults.sent_bytes()
+        t = time.monotonic()
+        await asyncio.sleep(seconds)
+        after = await self.faults.sent_bytes()
+        elapsed = time.monotonic() - t
+        return sum(after[i] - before[i] for i in hosts) / len(hosts) / elapsed
+
+    async def crash(self, victim: MeshdNode, how: signal.Signals) -> float:
+        """Seconds until every other node dropped `victim` (and, for a leave, shows it left)."""
+        key = await wg_key(victim)
+
+        async def dropped(n: MeshdNode) -> bool:
+            if how == signal.SIGTERM:
+                status = await n.status()
+                states = {p["name"]: p["state"] for p in (status or {}).get("peers", [])}
+                if states.get(victim.name) != "left":
+                    return False
+            return key not in await n.wireguard_peers()
+
+        assert victim.proc is not None
+        t0 = time.monotonic()
+        victim.proc.send_signal(how)
+        took = await until_all(others(self.nodes, victim), dropped, t0, 60, "victim dropped")
+        await self.mesh.stop(victim)
+        await self.mesh.start(victim)  # same identity and state: re-admitted
+        await self.mesh.wait_full_mesh(self.nodes, within=60)
+        return took
+
+    def _new_addresses(self) -> tuple[ipaddress.IPv6Interface, ipaddress.IPv4Interface]:
+        """Addresses no lab host has: above the hosts' range in both underlay networks."""
+        self.moves += 1
+        net6 = self.lab.hosts[0].underlay_v6.network
+        net4 = self.lab.hosts[0].underlay_v4.network
+        free = self.lab.count + self.moves
+        if free >= 254:
+            raise ValueError("no free underlay addresses left for another move")
+        v6 = ipaddress.IPv6Interface(f"{net6[0x1000 + self.moves]}/{net6.prefixlen}")
+        return v6, ipaddress.IPv4Interface(f"{net4[free]}/{net4.prefixlen}")
+
+    async def ip_change(self, mover: MeshdNode) -> float:
+        v6, v4 = self._new_addresses()
+        t0 = time.monotonic()
+        await mover.host.set_underlay(v6=v6, v4=v4)
+
+        async def reaches(n: MeshdNode) -> bool:
+            return await fast_ping(n, mover.overlay_v6)
+
+        return await until_all(others(self.nodes, mover), reaches, t0, 60, "ping to moved node")
+
+    async def dns_change(self, dns: LabDns, seed: MeshdNode, new: MeshdNode) -> float:
+        v6, v4 = self._new_addresses()
+        t0 = time.monotonic()
+        await seed.host.set_underlay(v6=v6, v4=v4)
+        await dns.set("seed.lab", [str(v6.ip)])
+        await self.mesh.start(new)
+
+        async def reaches(n: MeshdNode) -> bool:
+            return await fast_ping(n, new.overlay_v6)
+
+        took = await until_all(self.nodes, reaches, t0, 60, "ping to the node joined by name")
+        assert await self.mesh.stop(new) == 0
+        return took
+
+    async def partition(self) -> float:
+        half = len(self.nodes) // 2
+        a, b = self.nodes[:half], self.nodes[half:]
+        cut = await self.faults.partition([n.host for n in a], [n.host for n in b])
+
+        async def split(n: MeshdNode) -> bool:
+            side = a if n in a else b
+            return len(await n.wireguard_peers()) == len(side) - 1
+
+        t0 = time.monotonic()
+        await until_all(self.nodes, split, t0, 120, "the other half removed")
+        await self.faults.restore(cut)
+        t0 = time.monotonic()
+        await self.mesh.wait_full_mesh(self.nodes, within=120)
+        return time.monotonic() - t0
+
+
+def summary(name: str, runs: list[float]) -> dict[str, object]:
+    return {name: round(statistics.median(runs), 3), f"{name}_runs": [round(x, 3) for x in runs]}
+
+
+async def run(nodes: int, repeat: int, idle_seconds: float) -> dict[str, object]:
+    if nodes < 4:
+        raise ValueError("bench faults needs at least 4 nodes (a 50/50 partition of 2+2)")
+    prefix = f"bf{os.getpid() % 100000:05d}"[:8]
+    with tempfile.TemporaryDirectory(prefix="meshd-bench-") as tmp:
+        # One host more than the mesh: the node that joins by the seed's DNS name.
+        async with Lab(prefix, hosts=nodes + 1) as lab:
+            mesh = MeshLab(lab, Path(tmp))
+            members = [mesh.add_node(i, seeds=[0] if i else []) for i in range(nodes)]
+            await mesh.start_mesh(members, within=120, batch=5)  # start-up is not measured
+            bench = FaultBench(lab, mesh, members)
+            dns = await LabDns.start(lab)
+            await dns.set("seed.lab", [str(members[0].host.underlay_v6.ip)])
+            spare = lab.hosts[nodes]
+            dns.use(spare)
+            figures: dict[str, object] = {"nodes": nodes, "repeat": repeat}
+            figures["idle_bytes_per_node_s"] = round(await bench.idle_bytes(idle_seconds), 1)
+            # Victims and movers rotate through the non-seed nodes.
+            pick = [members[1 + r % (nodes - 1)] for r in range(repeat)]
+
+            async def by_name(r: int) -> float:
+                new = mesh.add_node(spare.index, seeds=[], name=f"byname{r}")
+                new.seeds = [f"seed.lab:{MESHD_PORT}"]
+                mesh.write_config(new)
+                return await bench.dns_change(dns, members[0], new)
+
+            phases: list[tuple[str, Callable[[int], Awaitable[float]]]] = [
+                ("crash_removed_all_s", lambda r: bench.crash(pick[r], signal.SIGKILL)),
+                ("leave_all_s", lambda r: bench.crash(pick[r], signal.SIGTERM)),
+                ("ip_change_resume_s", lambda r: bench.ip_change(pick[r])),
+                ("dns_change_resume_s", by_name),
+                ("partition_heal_s", lambda r: bench.partition()),
+            ]
+            for key, measure in phases:
+                # A phase that times out leaves the mesh unhealthy: report what was measured
+                # up to there (the failure under "failed") rather than nothing.
+                try:
+                    figures |= summary(key, [await measure(r) for r in range(repeat)])
+                except TimeoutError as exc:
+                    figures["failed"] = f"{key}: {exc}"
+                    break
+            figures["membership_preset"] = mesh.membership
+    figures["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, {platform.release()}"
+    return figures
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench faults",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--nodes", type=int, default=10, help="mesh size (at least 4)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each fault (median)")
+    parser.add_argument(
+        "--idle-seconds", type=float, default=30.0, help="idle traffic measuring window"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench faults: needs root (network namespaces)", file=sys.stderr)
+        return 2
+    try:
+        result = asyncio.run(run(args.nodes, args.repeat, args.idle_seconds))
+    except ValueError as exc:
+        print(f"bench faults: {exc}", file=sys.stderr)
+        return 2
+    except TimeoutError as exc:
+        # The daemons' logs were printed above; on two busy cores a large lab can flap.
+        print(f"bench faults: {exc} (is the machine busy? see `uptime`)", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:28} {v}")
+    if "failed" in result:
+        print(f"bench faults: {result['failed']} (is the machine busy?)", file=sys.stderr)
+        return 1
+    return 0
