@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import importlib
 import io
 import ipaddress
@@ -1131,7 +1132,23 @@ async def run(config: Config) -> int:
     return 0 if daemon.clean_stop else 1
 
 
+_M_ARENA_MAX = -8  # glibc <malloc.h>
+
+
+def use_one_malloc_arena() -> bool:
+    """Ask glibc for a single malloc arena; True when it agreed.
+
+    meshd runs Python in one thread, but a few helper threads (importing the API, DNS lookups)
+    would each get an arena of their own, and their fragments stay resident: ~2 MB of the
+    daemon's ~50 MB (measured with MALLOC_ARENA_MAX=1). Must run before any thread starts."""
+    try:
+        return bool(ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 1))
+    except (OSError, AttributeError):  # not glibc: its allocator has its own policy
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
+    use_one_malloc_arena()
     parser = argparse.ArgumentParser(prog="meshd", description="WireGuard mesh daemon.")
     parser.add_argument(
         "--config",

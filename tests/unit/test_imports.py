@@ -22,3 +22,14 @@ def test_daemon_does_not_load_the_parts_of_pyroute2_it_does_not_use() -> None:
     ).stdout
     assert "unused: []" in out
     assert "same: True pyroute2.ndb.main" in out
+
+
+def test_glibc_accepts_the_single_malloc_arena() -> None:
+    # In a fresh interpreter: it must be set before a thread has allocated.
+    out = subprocess.run(
+        [sys.executable, "-c", "from meshd.daemon import use_one_malloc_arena as f; print(f())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.strip() == "True"
