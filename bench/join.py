@@ -18,59 +18,15 @@ import asyncio
 import base64
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench._measure import cpu_seconds, descendants_named, fast_ping, machine, rss_mb
 from meshd.lab import Lab
 from meshd.meshlab import MeshdNode, MeshLab
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        out += [int(c) for c in text]
-    return out
-
-
-def descendants_named(pid: int, name: str) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        for c in children(p):
-            try:
-                comm = Path(f"/proc/{c}/comm").read_text().strip()
-            except OSError:
-                continue
-            if comm == name:
-                found.append(c)
-            todo.append(c)
-    return found
-
-
-async def fast_ping(node: MeshdNode, address: str) -> bool:
-    """One ping with a 100 ms timeout: finer than `ping -W 1`, which would round every lost
-    first packet up to a whole second."""
-    r = await node.host.run("ping", "-n", "-q", "-c1", "-W", "0.1", address, check=False)
-    return r.returncode == 0
 
 
 async def measure_join(
@@ -98,7 +54,7 @@ async def measure_join(
             ):
                 peer_at[node.name] = time.monotonic() - t0
             if node.name in peer_at:
-                if await fast_ping(node, new.overlay_v6):
+                if await fast_ping(node.host, new.overlay_v6):
                     ping_at[node.name] = time.monotonic() - t0
                     return
                 await asyncio.sleep(0.05)
@@ -143,7 +99,7 @@ async def run(nodes: int, repeat: int) -> dict[str, object]:
         "wireguard_go_rss_mb": round(statistics.median(wg_rss), 1) if wg_rss else None,
         "idle_cpu_pct": round(statistics.median(idle), 2),
         "membership_preset": mesh.membership,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.release()}",
+        "machine": machine(),
     }
 
 
