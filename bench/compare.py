@@ -2,7 +2,7 @@
 configured wireguard-go, on the same namespace lab in one run (root; needs serf and iperf3).
 
     python -m bench compare                        # N = 10 and 30; prints a Markdown table
-    python -m bench compare --nodes 10 --json      # one JSON object
+    python -m bench compare --nodes 10 --json      # one JSON object (--nodes 10 30: a list)
     python -m bench compare --plots docs/img       # also PNG plots (pip install -e '.[bench]')
 
 Membership, for each N and each system (meshd with its `lan` preset; Serf agents with LAN
@@ -36,7 +36,9 @@ apart; median and 99th percentile of each run) and iperf3 TCP throughput (--iper
 all over IPv6, through
   raw                   the underlay veth pair and bridge,
   wireguard_go_static   wireguard-go configured once with `wg` (no daemon),
-  meshd                 the same wireguard-go, configured and managed by meshd.
+  meshd                 the same wireguard-go, configured and managed by meshd,
+  nebula                when installed: Nebula with its example configuration's defaults (its
+                        overlay is IPv4 only).
 
 Every figure is {median, min, max, runs} (membership figures keyed by N); the ratios are of
 medians, meshd/peer (below 1 is better for times and traffic, above 1 for throughput).
@@ -90,11 +92,25 @@ MEMBERSHIP_FIGURES = (
 )
 DATAPLANE_FIGURES = ("rtt_median_ms", "rtt_p99_ms", "throughput_mbit_s")
 PATHS = ("raw", "wireguard_go_static", "meshd")
+OPTIONAL_PATHS = ("nebula",)  # measured when installed
+NAMES = {
+    "raw": "raw veth",
+    "wireguard_go_static": "wireguard-go\nstatic",
+    "meshd": "meshd",
+    "nebula": "Nebula\n(IPv4)",
+}
+COLORS = {
+    "raw": "#999999",
+    "wireguard_go_static": "#4c72b0",
+    "meshd": "#dd8452",
+    "nebula": "#55a868",
+}
 
 SERF_PORT = 7946
 SERF_RPC = "127.0.0.1:7373"  # each namespace has its own loopback
 IPERF_PORT = 5201
 STATIC_WG_PORT = 51830
+NEBULA_PORT = 4242
 IDLE_SETTLE_S = 5.0
 STEP_WITHIN = 90.0  # a step that takes longer is broken, not slow
 
@@ -181,8 +197,9 @@ class MembershipSystem(Protocol):
         """Wait until the agent answers its local API."""
         ...
 
-    async def confirm(self, observer: Agent, names: list[str], state: str) -> bool:
-        """One query of `observer`'s membership list: does it show all `names` in `state`?"""
+    async def confirm(self, observer: Agent, names: list[str], state: str) -> dict[str, str]:
+        """One query of `observer`'s membership list: the names of `names` it does not show in
+        `state`, with what it shows instead (empty: all agree)."""
         ...
 
     async def leave(self, agent: Agent) -> None:
@@ -219,15 +236,16 @@ class Meshd:
         assert agent.meshd is not None
         await self.mesh.wait_api(agent.meshd)
 
-    async def confirm(self, observer: Agent, names: list[str], state: str) -> bool:
+    async def confirm(self, observer: Agent, names: list[str], state: str) -> dict[str, str]:
         assert observer.meshd is not None
         status = await observer.meshd.status()
         if status is None:
-            return False
+            return {n: "(no answer)" for n in names}
         states = {p["name"]: p["state"] for p in status["peers"]}
-        # A tombstone that has been forgotten is as good as dead or left.
-        accepted = (ALIVE,) if state == ALIVE else (state, None)
-        return all(states.get(n) in accepted for n in names)
+        # A suspect is still a member (and a WireGuard peer), as `serf members` lists its
+        # suspects alive. A tombstone that has been forgotten is as good as dead or left.
+        accepted = (ALIVE, "suspect") if state == ALIVE else (state, None)
+        return {n: str(states.get(n)) for n in names if states.get(n) not in accepted}
 
     async def leave(self, agent: Agent) -> None:
         agent.proc.send_signal(signal.SIGTERM)
@@ -281,10 +299,12 @@ class Serf:
 
         await wait_for(up, 20, f"serf {agent.name} RPC", 0.1)
 
-    async def confirm(self, observer: Agent, names: list[str], state: str) -> bool:
+    async def confirm(self, observer: Agent, names: list[str], state: str) -> dict[str, str]:
         members = await self.members(observer)
+        if members is None:
+            return {n: "(no answer)" for n in names}
         serf_state = {ALIVE: "alive", DEAD: "failed", LEFT: "left"}[state]
-        return members is not None and all(members.get(n) == serf_state for n in names)
+        return {n: str(members.get(n)) for n in names if members.get(n) != serf_state}
 
     async def leave(self, agent: Agent) -> None:
         agent.proc.send_signal(signal.SIGTERM)
@@ -294,8 +314,8 @@ async def wait_recorded(
     system: MembershipSystem, observers: list[Agent], names: list[str], state: str
 ) -> list[float]:
     """Wait until every observer has recorded every one of `names` in `state` (never its own
-    name); returns the times of the records, then checks with one query per observer that its
-    membership list says the same."""
+    name); returns the times of the records, after checking that every observer's membership
+    list says the same (waiting for it: under load a member may be suspected for a moment)."""
 
     def recorded() -> list[float | None]:
         return [o.record.seen(state, n) for o in observers for n in names if n != o.name]
@@ -307,12 +327,20 @@ async def wait_recorded(
     await wait_for(everyone, STEP_WITHIN, what, 0.1)
     times = [t for t in recorded() if t is not None]
 
-    agree = await asyncio.gather(
-        *(system.confirm(o, [n for n in names if n != o.name], state) for o in observers)
-    )
-    if not all(agree):
-        wrong = [o.name for o, ok in zip(observers, agree, strict=True) if not ok]
-        raise RuntimeError(f"{what}: {wrong} recorded it but do not list it so")
+    disagree: dict[str, dict[str, str]] = {}
+
+    async def lists_agree() -> bool:
+        answers = await asyncio.gather(
+            *(system.confirm(o, [n for n in names if n != o.name], state) for o in observers)
+        )
+        disagree.clear()
+        disagree.update({o.name: a for o, a in zip(observers, answers, strict=True) if a})
+        return not disagree
+
+    try:
+        await wait_for(lists_agree, STEP_WITHIN, what, 0.5)
+    except TimeoutError:
+        raise RuntimeError(f"{what}: recorded, but the lists still disagree: {disagree}") from None
     return times
 
 
@@ -515,10 +543,57 @@ async def static_wireguard(
     return procs, addresses
 
 
+def nebula_installed() -> bool:
+    return shutil.which("nebula") is not None and shutil.which("nebula-cert") is not None
+
+
+async def nebula(lab: Lab, workdir: Path) -> tuple[list[asyncio.subprocess.Process], list[str]]:
+    """Nebula on lab hosts 0 (also the lighthouse) and 1 with its example configuration's
+    defaults (MTU 1300, any-to-any firewall). Its overlay is IPv4 only (1.6). Returns the
+    processes and the overlay addresses."""
+    hosts = lab.hosts[:2]
+    d = workdir / "nebula"
+    d.mkdir(parents=True, exist_ok=True)
+    addresses = [f"192.168.77.{i + 1}" for i in range(len(hosts))]
+    ca_crt, ca_key = f"{d}/ca.crt", f"{d}/ca.key"
+    await hosts[0].run("nebula-cert", "ca", "-name", "lab", "-out-crt", ca_crt, "-out-key", ca_key)
+    procs = []
+    lighthouse = f"{hosts[0].underlay_v4.ip}:{NEBULA_PORT}"
+    for i, host in enumerate(hosts):
+        await host.run(
+            "nebula-cert", "sign", "-name", f"h{i}", "-ip", f"{addresses[i]}/24",
+            "-ca-crt", ca_crt, "-ca-key", ca_key,
+            "-out-crt", f"{d}/h{i}.crt", "-out-key", f"{d}/h{i}.key",
+        )  # fmt: skip
+        config = {
+            "pki": {"ca": f"{d}/ca.crt", "cert": f"{d}/h{i}.crt", "key": f"{d}/h{i}.key"},
+            "static_host_map": {addresses[0]: [lighthouse]},
+            "lighthouse": {"am_lighthouse": i == 0, "hosts": [] if i == 0 else [addresses[0]]},
+            "listen": {"host": "0.0.0.0", "port": NEBULA_PORT},
+            "tun": {"dev": "neb0"},
+            "firewall": {
+                "outbound": [{"port": "any", "proto": "any", "host": "any"}],
+                "inbound": [{"port": "any", "proto": "any", "host": "any"}],
+            },
+            "logging": {"level": "warning"},
+        }
+        path = d / f"h{i}.yml"
+        path.write_text(json.dumps(config))  # YAML is a superset of JSON
+        procs.append(await host.spawn("nebula", "-config", str(path), log=d / f"h{i}.log"))
+    for host in hosts:
+
+        async def up(host: LabHost = host) -> bool:
+            r = await host.run("ip", "link", "show", "dev", "neb0", check=False)
+            return r.returncode == 0
+
+        await wait_for(up, 10, f"nebula interface in {host.netns}", 0.05)
+    return procs, addresses
+
+
 async def dataplane(
     lab: Lab, workdir: Path, repeat: int, pings: int, iperf_seconds: float
 ) -> dict[str, Any]:
-    """The three paths between lab hosts 0 (client) and 1 (iperf3 server), one after another."""
+    """The paths between lab hosts 0 (client) and 1 (iperf3 server), one after another."""
     client, server = lab.hosts[0], lab.hosts[1]
     await server.spawn("iperf3", "-s", "-p", str(IPERF_PORT))
 
@@ -546,6 +621,12 @@ async def dataplane(
         for n in nodes:
             if n.running:
                 await mesh.stop(n)
+    if nebula_installed():
+        procs, addresses = await nebula(lab, workdir)
+        figures["nebula"] = await measure_path(client, addresses[1], *measure)
+        for proc in procs:
+            proc.terminate()
+            await proc.wait()
     figures["ratio_meshd_static"] = {
         k: _ratio(figures["meshd"][k], figures["wireguard_go_static"][k]) for k in DATAPLANE_FIGURES
     }
@@ -553,6 +634,10 @@ async def dataplane(
 
 
 # --- the run ------------------------------------------------------------------------------
+
+
+def _paths(dataplane: dict[str, Any]) -> list[str]:
+    return [p for p in (*PATHS, *OPTIONAL_PATHS) if p in dataplane]
 
 
 def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> float | None:
@@ -644,13 +729,15 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{'—' if ratio is None else ratio} |"
             )
     dp = result["dataplane"]
+    paths = _paths(dp)
     lines += [
         "",
-        "| data plane | raw veth | wireguard-go, static | meshd | meshd/static |",
-        "| --- | --- | --- | --- | --- |",
+        f"| data plane | {' | '.join(NAMES[p].replace(chr(10), ' ') for p in paths)} "
+        "| meshd/static |",
+        "| --- " * (len(paths) + 2) + "|",
     ]
     for k in DATAPLANE_FIGURES:
-        cells = " | ".join(_cell(dp[p][k]) for p in PATHS)
+        cells = " | ".join(_cell(dp[p][k]) for p in paths)
         lines.append(f"| {LABELS[k]} | {cells} | {dp['ratio_meshd_static'][k]} |")
     lines += [
         "",
@@ -691,22 +778,21 @@ def plots(result: dict[str, Any], directory: Path) -> list[Path]:
     plt.close(fig)
 
     dp = result["dataplane"]
-    names = {"raw": "raw veth", "wireguard_go_static": "wireguard-go\nstatic", "meshd": "meshd"}
-    fig, axes = plt.subplots(1, len(DATAPLANE_FIGURES), figsize=(12, 3.6))
+    paths = _paths(dp)
+    fig, axes = plt.subplots(1, len(DATAPLANE_FIGURES), figsize=(4 * len(DATAPLANE_FIGURES), 3.6))
     for ax, k in zip(axes, DATAPLANE_FIGURES, strict=True):
-        figs = [dp[p][k] for p in PATHS]
+        figs = [dp[p][k] for p in paths]
         med = [f["median"] for f in figs]
         err = [[f["median"] - f["min"] for f in figs], [f["max"] - f["median"] for f in figs]]
-        ax.bar(
-            [names[p] for p in PATHS],
-            med,
-            yerr=err,
-            capsize=4,
-            color=["#999", "#4c72b0", "#dd8452"],
-        )
+        colors = [COLORS[p] for p in paths]
+        bars = ax.bar([NAMES[p] for p in paths], med, yerr=err, capsize=4, color=colors)
+        ax.bar_label(bars, fmt="%g", fontsize=8)
         ax.set_title(LABELS[k], fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("Data plane between two namespaces (IPv6)", fontsize=11)
+    fig.suptitle(
+        f"Data plane between two namespaces, median and range of {result['repeat']} runs",
+        fontsize=11,
+    )
     fig.tight_layout()
     written.append(directory / "compare-dataplane.png")
     fig.savefig(written[1], dpi=110)
@@ -715,9 +801,12 @@ def plots(result: dict[str, Any], directory: Path) -> list[Path]:
 
 
 def _node_counts(text: str) -> list[int]:
-    counts = [int(x) for x in text.split(",") if x.strip()]
+    try:
+        counts = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        counts = []
     if not counts or min(counts) < 3:
-        raise argparse.ArgumentTypeError("a comma-separated list of node counts, each at least 3")
+        raise argparse.ArgumentTypeError(f"{text!r}: node counts are whole numbers of at least 3")
     return counts
 
 
@@ -728,7 +817,11 @@ def main(argv: list[str]) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--nodes", type=_node_counts, default=[10, 30], help="node counts, e.g. 10,30 (default)"
+        "--nodes",
+        type=_node_counts,
+        nargs="+",
+        default=[[10, 30]],
+        help="node counts: 10 30 or 10,30 (default)",
     )
     parser.add_argument("--repeat", type=int, default=5, help="runs of every figure (median)")
     parser.add_argument("--idle", type=float, default=30.0, help="idle window in seconds")
@@ -753,7 +846,8 @@ def main(argv: list[str]) -> int:
                 file=sys.stderr,
             )
             return 2
-    result = asyncio.run(run(args.nodes, args.repeat, args.idle, args.pings, args.iperf_seconds))
+    nodes = sorted({n for group in args.nodes for n in group})
+    result = asyncio.run(run(nodes, args.repeat, args.idle, args.pings, args.iperf_seconds))
     if args.plots is not None:
         result["plots"] = [str(p) for p in plots(result, args.plots)]
     print(json.dumps(result) if args.json else markdown(result))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.compare import DATAPLANE_FIGURES, MEMBERSHIP_FIGURES, PATHS
+from bench.compare import DATAPLANE_FIGURES, MEMBERSHIP_FIGURES, PATHS, nebula_installed
 
 ROOT = Path(__file__).resolve().parents[2]
 STATS = {"median", "min", "max", "runs"}
@@ -52,8 +52,9 @@ def test_compare_prints_every_figure_and_plots(tmp_path: Path) -> None:
     assert set(result["ratio_meshd_serf"]) == set(MEMBERSHIP_FIGURES)
 
     dataplane = result["dataplane"]
-    assert set(dataplane) == {*PATHS, "ratio_meshd_static"}
-    for path in PATHS:
+    paths = [*PATHS, "nebula"] if nebula_installed() else list(PATHS)
+    assert set(dataplane) == {*paths, "ratio_meshd_static"}
+    for path in paths:
         assert set(dataplane[path]) == set(DATAPLANE_FIGURES)
         for figure in DATAPLANE_FIGURES:
             assert set(dataplane[path][figure]) == STATS, (path, figure)
