@@ -75,6 +75,7 @@ from bench._measure import (
     underlay_counters,
 )
 from bench.join import measure_join
+from meshd.core.errors import MeshError
 from meshd.core.identity import WireGuardKey
 from meshd.keyfiles import encode_key
 from meshd.lab import Lab, LabHost, wait_for
@@ -238,7 +239,10 @@ class Meshd:
 
     async def confirm(self, observer: Agent, names: list[str], state: str) -> dict[str, str]:
         assert observer.meshd is not None
-        status = await observer.meshd.status()
+        try:
+            status = await observer.meshd.status()
+        except MeshError:  # did not answer in time (a busy machine); asked again
+            status = None
         if status is None:
             return {n: "(no answer)" for n in names}
         states = {p["name"]: p["state"] for p in status["peers"]}
