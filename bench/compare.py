@@ -55,6 +55,7 @@ import re
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -654,8 +655,6 @@ def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> float | None:
 
 
 def _version(*argv: str) -> str:
-    import subprocess
-
     r = subprocess.run(argv, capture_output=True, text=True, check=False)
     return (r.stdout or r.stderr).splitlines()[0].strip() if r.stdout or r.stderr else "?"
 
@@ -674,6 +673,7 @@ async def run(
             "serf": _version("serf", "version"),
             "wireguard_go": _version("wireguard-go", "--version"),
             "iperf3": _version("iperf3", "--version"),
+            "nebula": _version("nebula", "-version") if nebula_installed() else None,
         },
         "meshd": {k: {} for k in MEMBERSHIP_FIGURES},
         "serf": {k: {} for k in MEMBERSHIP_FIGURES},
@@ -749,7 +749,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         f"median (min–max) of {result['repeat']} runs; {result['machine']}; "
-        f"{result['versions']['serf']}, wireguard-go {result['versions']['wireguard_go']}",
+        f"Serf {result['versions']['serf']}, {result['versions']['wireguard_go']}",
     ]
     return "\n".join(lines)
 
