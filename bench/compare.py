@@ -408,10 +408,11 @@ async def measure_idle(
 
 
 async def stop(agent: Agent) -> None:
-    """SIGTERM, then SIGKILL after 15 s; also ends a crashed meshd's left-over wireguard-go."""
-    for pid in agent.pids():
+    """SIGTERM (meshd stops its own wireguard-go), then SIGKILL after 15 s. The lab's cleanup
+    ends whatever is left in its namespaces."""
+    if agent.proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+            agent.proc.send_signal(signal.SIGTERM)
     try:
         await asyncio.wait_for(agent.proc.wait(), 15)
     except TimeoutError:
