@@ -76,7 +76,6 @@ from bench._measure import (
     underlay_counters,
 )
 from bench.join import measure_join
-from meshd.core.errors import MeshError
 from meshd.core.identity import WireGuardKey
 from meshd.keyfiles import encode_key
 from meshd.lab import Lab, LabHost, wait_for
@@ -243,10 +242,7 @@ class Meshd:
 
     async def confirm(self, observer: Agent, names: list[str], state: str) -> dict[str, str]:
         assert observer.meshd is not None
-        try:
-            status = await observer.meshd.status()
-        except MeshError:  # did not answer in time (a busy machine); asked again
-            status = None
+        status = await observer.meshd.status()
         if status is None:
             return {n: "(no answer)" for n in names}
         states = {p["name"]: p["state"] for p in status["peers"]}

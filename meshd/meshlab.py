@@ -29,8 +29,9 @@ from typing import Any
 from meshd import keyfiles
 from meshd.adapters.wireguard import UapiClient, decode_uapi_get
 from meshd.ca import CertificateAuthority
-from meshd.client import MeshdClient, MeshdNotRunning
+from meshd.client import ApiError, MeshdClient
 from meshd.core.cert import Certificate
+from meshd.core.errors import MeshError
 from meshd.core.identity import SigningKey
 from meshd.lab import Lab, LabHost, wait_for
 
@@ -79,10 +80,13 @@ class MeshdNode:
             return "(no log)"
 
     async def status(self) -> dict[str, Any] | None:
-        """The node's `meshctl status --json`, or None while it does not answer."""
+        """The node's `meshctl status --json`, or None while it does not answer (not running,
+        or no answer within the client's timeout, as on a starved machine)."""
         try:
             return await self.client.status()
-        except (MeshdNotRunning, OSError):
+        except ApiError:
+            raise  # it answered, with an error: a real failure
+        except (MeshError, OSError):  # MeshdNotRunning, or the client's timeout
             return None
 
     async def wireguard_peers(self) -> dict[bytes, tuple[str, ...]]:
