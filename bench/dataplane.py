@@ -25,6 +25,7 @@ from typing import Any
 
 import uvloop
 
+from bench._measure import cancel_on_signals
 from meshd.adapters.netlink import NetlinkMonitor
 from meshd.adapters.reconciler import Reconciler
 from meshd.adapters.wireguard import UserspaceBackend
@@ -63,11 +64,7 @@ async def _has_route(host: LabHost, prefix: str) -> bool:
 
 
 async def run(peer_count: int, repeat: int) -> dict[str, Any]:
-    # SIGTERM/SIGINT cancel the run, so the lab's cleanup still removes namespaces and processes.
-    current = asyncio.current_task()
-    assert current is not None
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, current.cancel)
+    cancel_on_signals()
     figures: dict[str, Any] = {"peers": peer_count, "repeat": repeat}
     async with Lab(f"b{os.getpid() % 100000:05d}", hosts=1) as lab:
         host = lab[0]

@@ -18,53 +18,16 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench._measure import cpu_seconds, descendants_named, machine, rss_mb
 from meshd.lab import Lab
 from meshd.labprobe import EchoProbe
 from meshd.meshlab import MeshdNode, MeshLab
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        out += [int(c) for c in text]
-    return out
-
-
-def descendants_named(pid: int, name: str) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        for c in children(p):
-            try:
-                comm = Path(f"/proc/{c}/comm").read_text().strip()
-            except OSError:
-                continue
-            if comm == name:
-                found.append(c)
-            todo.append(c)
-    return found
 
 
 async def measure_join(
@@ -124,7 +87,7 @@ async def run(nodes: int, repeat: int) -> dict[str, object]:
         "wireguard_go_rss_mb": round(statistics.median(wg_rss), 1) if wg_rss else None,
         "idle_cpu_pct": round(statistics.median(idle), 2),
         "membership_preset": mesh.membership,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.release()}",
+        "machine": machine(),
     }
 
 
