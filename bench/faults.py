@@ -48,7 +48,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench.join import fast_ping
+from bench._measure import fast_ping
 from meshd.lab import Lab
 from meshd.labfaults import LabDns, SwitchFaults
 from meshd.meshlab import MESHD_PORT, MeshdNode, MeshLab
@@ -144,7 +144,7 @@ class FaultBench:
         await mover.host.set_underlay(v6=v6, v4=v4)
 
         async def reaches(n: MeshdNode) -> bool:
-            return await fast_ping(n, mover.overlay_v6)
+            return await fast_ping(n.host, mover.overlay_v6)
 
         return await until_all(others(self.nodes, mover), reaches, t0, 60, "ping to moved node")
 
@@ -156,7 +156,7 @@ class FaultBench:
         await self.mesh.start(new)
 
         async def reaches(n: MeshdNode) -> bool:
-            return await fast_ping(n, new.overlay_v6)
+            return await fast_ping(n.host, new.overlay_v6)
 
         took = await until_all(self.nodes, reaches, t0, 60, "ping to the node joined by name")
         assert await self.mesh.stop(new) == 0
