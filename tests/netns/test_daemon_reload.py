@@ -1,8 +1,9 @@
-"""SIGHUP re-reads the certificate: a renewed one is taken and announced without a restart or a
-lost peer; a broken file is refused and the old certificate stays in use."""
+"""SIGHUP re-reads the certificate: a renewed one is taken and announced without a restart, a
+lost peer or a lost packet; a broken file is refused and the old certificate stays in use."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from meshd import keyfiles
+from meshd.keylab import LEAD_S, ping_series
 from meshd.lab import Lab, wait_for
 from meshd.meshlab import MeshLab
 
@@ -41,6 +43,9 @@ async def test_sighup_takes_a_renewed_certificate_and_refuses_a_broken_one(
         )
         cert_path = a.directory / "node.cert"
         keyfiles.write_public(cert_path, keyfiles.armor(keyfiles.CERT_LABEL, renewed.raw))
+        # 200 pings at 10 ms from b to a, with the reload inside the series.
+        pings = asyncio.create_task(ping_series(b, a.overlay_v6))
+        await asyncio.sleep(LEAD_S)
         a.proc.send_signal(signal.SIGHUP)
 
         async def serial_is(serial: int) -> bool:
@@ -48,6 +53,8 @@ async def test_sighup_takes_a_renewed_certificate_and_refuses_a_broken_one(
             return status is not None and status["node"]["certificate_serial"] == serial
 
         await wait_for(lambda: serial_is(renewed.serial), 10, "the renewed certificate in use")
+        series = await pings
+        assert series.lost == 0, series
         after = await a.status()
         assert after is not None and after["node"]["version"] > before["node"]["version"]
         await mesh.wait_full_mesh([a, b], within=10)
