@@ -380,19 +380,26 @@ async def change_routes(
                 for i, (add, dst) in enumerate(chunk)
             )
         )
-        pending = len(chunk)
-        while pending:
-            data = await _recv(loop, sock)
-            offset = 0
-            while offset + _NLMSG_HDR.size <= len(data):
-                length, kind, _f, seq, _pid = _NLMSG_HDR.unpack_from(data, offset)
-                if length < _NLMSG_HDR.size:
-                    break
-                if kind == _NLMSG_ERROR and 2 <= seq < len(changes) + 2:
-                    results[seq - 2] = -struct.unpack_from("=i", data, offset + 16)[0]
-                    pending -= 1
-                offset += (length + 3) & ~3
+        await _read_acks(loop, sock, results, len(chunk))
     return results
+
+
+async def _read_acks(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, results: list[int], pending: int
+) -> None:
+    """Read netlink acks until `pending` more have arrived. Requests carry sequence numbers
+    2.. (1 is a dump's); the errno of the ack to sequence s goes to `results[s - 2]`."""
+    while pending:
+        data = await _recv(loop, sock)
+        offset = 0
+        while offset + _NLMSG_HDR.size <= len(data):
+            length, kind, _f, seq, _pid = _NLMSG_HDR.unpack_from(data, offset)
+            if length < _NLMSG_HDR.size:
+                break
+            if kind == _NLMSG_ERROR and 2 <= seq < len(results) + 2:
+                results[seq - 2] = -struct.unpack_from("=i", data, offset + 16)[0]
+                pending -= 1
+            offset += (length + 3) & ~3
 
 
 # --- policy rules (exit routes) ----------------------------------------------------------------
@@ -492,16 +499,5 @@ async def change_rules(
     loop = asyncio.get_running_loop()
     sock.send(b"".join(_rule_request(i + 2, add, r, proto) for i, (add, r) in enumerate(changes)))
     results = [0] * len(changes)
-    pending = len(changes)
-    while pending:
-        data = await _recv(loop, sock)
-        offset = 0
-        while offset + _NLMSG_HDR.size <= len(data):
-            length, kind, _f, seq, _pid = _NLMSG_HDR.unpack_from(data, offset)
-            if length < _NLMSG_HDR.size:
-                break
-            if kind == _NLMSG_ERROR and 2 <= seq < len(changes) + 2:
-                results[seq - 2] = -struct.unpack_from("=i", data, offset + 16)[0]
-                pending -= 1
-            offset += (length + 3) & ~3
+    await _read_acks(loop, sock, results, len(changes))
     return results
