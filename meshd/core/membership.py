@@ -900,9 +900,12 @@ class MeshNode:
             self._broadcast(node_id, AnnounceItem(ann.raw), eager=True)
         return True
 
-    def _on_suspect(
-        self, node_id: bytes, version: int, sender: bytes, now: float, source: Address = ("", 0)
-    ) -> None:
+    def _claimed_member(
+        self, kind: str, node_id: bytes, version: int, now: float, source: Address
+    ) -> Member | None:
+        """The member an unsigned `kind` (suspect/dead) claim is about, or None when the claim
+        is handled already: about us (refuted, or corrected when stale), about a node we do not
+        know, or about an older version than we hold (the sender gets the current one)."""
         if node_id == self.node_id:
             if version == self._me.version and not self._left:
                 self._refute(version, now)
@@ -911,15 +914,23 @@ class MeshNode:
             else:
                 # An unsigned claim about a version we never signed: believing it would let a
                 # member push our version to the end of its range.
-                self._reject(Reject.CONFLICT, source, "suspect claim about our future version")
-            return
+                self._reject(Reject.CONFLICT, source, f"{kind} claim about our future version")
+            return None
         m = self._members.get(node_id)
         if m is None:
             self.stats["claims_unknown_node"] += 1
-            return
+            return None
         if version < m.version:
-            self._reject(Reject.STALE, source, f"suspect {version} < {m.version}")
+            self._reject(Reject.STALE, source, f"{kind} {version} < {m.version}")
             self._correct(source, m.ann, now)
+            return None
+        return m
+
+    def _on_suspect(
+        self, node_id: bytes, version: int, sender: bytes, now: float, source: Address = ("", 0)
+    ) -> None:
+        m = self._claimed_member("suspect", node_id, version, now, source)
+        if m is None:
             return
         if m.state is MemberState.SUSPECT and m.suspicion is not None:
             if m.suspicion.confirm(sender):
@@ -945,23 +956,8 @@ class MeshNode:
     def _on_dead(
         self, node_id: bytes, version: int, sender: bytes, now: float, source: Address = ("", 0)
     ) -> None:
-        if node_id == self.node_id:
-            if version == self._me.version and not self._left:
-                self._refute(version, now)
-            elif version < self._me.version:
-                self._correct(source, self._me, now)
-            else:
-                # An unsigned claim about a version we never signed: believing it would let a
-                # member push our version to the end of its range.
-                self._reject(Reject.CONFLICT, source, "dead claim about our future version")
-            return
-        m = self._members.get(node_id)
+        m = self._claimed_member("dead", node_id, version, now, source)
         if m is None:
-            self.stats["claims_unknown_node"] += 1
-            return
-        if version < m.version:
-            self._reject(Reject.STALE, source, f"dead {version} < {m.version}")
-            self._correct(source, m.ann, now)
             return
         if m.state not in _LIVE:
             self.stats["duplicates"] += 1
