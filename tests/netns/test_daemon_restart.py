@@ -1,6 +1,6 @@
 """Every node of a mesh restarts at once, with its seed gone: the mesh re-forms from the peers
 each node persisted. Once after a graceful stop of all (each saw the others leave), once after
-all were killed (-9) one second after the mesh formed."""
+all were killed (-9) once every node had persisted its peers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from meshd.lab import Lab
+from meshd.adapters.store import StateStore
+from meshd.lab import Lab, wait_for
 from meshd.meshlab import MeshLab
 
 pytestmark = pytest.mark.netns
@@ -26,7 +27,11 @@ async def test_whole_mesh_restarts_without_a_seed(
         mesh = MeshLab(lab, tmp_path)
         nodes = [mesh.add_node(i, seeds=[0] if i else []) for i in range(N)]
         await mesh.start_mesh(nodes, within=40)
-        await asyncio.sleep(1.5)  # membership changes are persisted after one second
+
+        async def all_persisted() -> bool:  # membership changes are written about a second later
+            return all(len(StateStore(n.directory / "state").peers()) == N - 1 for n in nodes)
+
+        await wait_for(all_persisted, 10, "every node to persist its peers")
         codes = await asyncio.gather(*(mesh.stop(n, how) for n in nodes))
         assert codes == ([0] * N if how == signal.SIGTERM else [-9] * N)
 
