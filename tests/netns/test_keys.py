@@ -48,9 +48,14 @@ async def test_no_loss_across_psk_epoch_wireguard_key_and_psk_secret_changes(
     series, seen = await across_psk_epoch(a, b)
     assert (series.lost, series.sent) == (0, 200)
     assert seen["before"][0] is not None and seen["before"][0] == seen["before"][1]
-    file_after = PskSecrets.from_text((a.directory / "psk.secret").read_text(), "a")
-    assert file_after.chains[0].epoch > file_before.chains[0].epoch
-    assert file_after.ids == file_before.ids
+    def file_now() -> PskSecrets:
+        return PskSecrets.from_text((a.directory / "psk.secret").read_text(), "a")
+
+    async def ratcheted() -> bool:  # written by the key loop at the boundary, not with the PSK
+        return file_now().chains[0].epoch > file_before.chains[0].epoch
+
+    await wait_for(ratcheted, 5, "the PSK file to be ratcheted to the new epoch")
+    assert file_now().ids == file_before.ids
 
     # WireGuard key rotation of b: announced ahead, switched at the announced time; a replaces
     # the key and the new session's handshake (which uses the pair PSK) succeeds.
