@@ -88,6 +88,12 @@ WG_KEY_LEAD_S = 10.0
 node of a LAN mesh of 1,000 in well under a second (bench sim), so ten times that is room for
 loss and retransmission. A peer that still missed it switches on the announcement signed right
 after the switch."""
+WG_KEY_SWITCH_CLEAR_S = (2.0, 3.0)
+"""No WireGuard key switch within 2 s before or 3 s after a PSK change (epoch boundary or secret
+activation). The switch needs a fresh handshake (the switching node stops sending on its
+sessions), and a handshake that runs while the two nodes disagree about the PSK fails; WireGuard
+retries only 5 s later, after the failure detector has declared the peer dead. 3 s covers the
+peers' switch lag (0.5 s), the handshake and clock differences of a second or two."""
 CERT_LEAVE_MARGIN_S = 5.0
 """A node whose certificate is about to expire leaves this long before, while its signed leave
 is still valid everywhere (a LEFT announcement with an expired certificate would be refused);
@@ -682,15 +688,18 @@ class Daemon:
         if self.next_wg is not None:
             return self.next_wg[1]  # one rotation at a time; this one is already announced
         key = WireGuardKey(os.urandom(32))
-        at_ms = int((now + WG_KEY_LEAD_S) * 1000)
+        at = now + WG_KEY_LEAD_S
+        if self.psk is not None:
+            at = self.psk.clear_of_changes(at, *WG_KEY_SWITCH_CLEAR_S)
+        at_ms = int(at * 1000)
         self.store.save_next_wireguard_key(key, at_ms)  # before announcing: survives a crash
         self.next_wg = (key, at_ms)
         self.core.update_self(now, next_wg_public_key=key.public, next_wg_key_at=at_ms)
         self._after_core()
         self._persist_wanted.set()
         self._keys_changed.set()
-        log.info("WireGuard key rotation: next key %s announced, switching in %.0f s",
-                 key_id(key.public), WG_KEY_LEAD_S)  # fmt: skip
+        log.info("WireGuard key rotation: next key %s announced, switching in %.1f s",
+                 key_id(key.public), at - now)  # fmt: skip
         return at_ms
 
     async def _finish_rotation(self, now: float) -> None:

@@ -182,6 +182,19 @@ class PskSecrets:
         times += [c.active_from for c in self.chains if c.active_from > now]
         return float(min(times))
 
+    def clear_of_changes(self, at: float, before: float, after: float) -> float:
+        """The earliest time from `at` with no PSK change in the `before` seconds before it nor
+        in the `after` seconds after it: a moment for something that needs a WireGuard handshake
+        (a key switch), which fails if it runs while two nodes disagree about the PSK.
+        Requires before + after < the epoch period (at least MIN_PERIOD_S)."""
+        t = at
+        for _ in range(len(self.chains) + 2):  # each step passes one change; few exist nearby
+            change = self.next_change(t - before)
+            if change > t + after:
+                break
+            t = change + before
+        return t
+
     def to_text(self) -> str:
         return "".join(c.to_text() for c in self.chains)
 

@@ -48,6 +48,7 @@ async def test_no_loss_across_psk_epoch_wireguard_key_and_psk_secret_changes(
     series, seen = await across_psk_epoch(a, b)
     assert (series.lost, series.sent) == (0, 200)
     assert seen["before"][0] is not None and seen["before"][0] == seen["before"][1]
+
     def file_now() -> PskSecrets:
         return PskSecrets.from_text((a.directory / "psk.secret").read_text(), "a")
 

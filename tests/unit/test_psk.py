@@ -92,3 +92,18 @@ def test_compatibility_of_announced_secret_ids() -> None:
     assert not psk_compatible((a,), ())
     assert not psk_compatible((), (a,))
     assert not psk_compatible((a,), (b,))
+
+
+def test_a_moment_clear_of_psk_changes_for_a_key_switch() -> None:
+    ten = PskSecrets((PskChain(10, 0, bytes(32)),))  # epoch boundaries at 10, 20, 30, ...
+    assert ten.clear_of_changes(14.0, 2.0, 3.0) == 14.0  # 12..17 holds no boundary
+    assert ten.clear_of_changes(11.0, 2.0, 3.0) == 12.0  # boundary at 10 was too recent
+    assert ten.clear_of_changes(8.0, 2.0, 3.0) == 12.0  # boundary at 10 comes too soon
+    assert ten.clear_of_changes(16.9, 2.0, 3.0) == 16.9  # the boundary at 20 is 3.1 s after
+    assert ten.clear_of_changes(17.5, 2.0, 3.0) == 22.0
+    # A secret's activation counts as a change like an epoch boundary.
+    rolled = PskSecrets((*ten.chains, PskChain(10, 0, bytes([1]) * 32, 1000)))
+    assert rolled.clear_of_changes(999.0, 2.0, 3.0) == 1002.0
+    for at in (0.0, 3.3, 9.9, 10.0, 19.99, 998.5, 1001.7):  # never lands in a guarded window
+        t = rolled.clear_of_changes(at, 2.0, 3.0)
+        assert t >= at and rolled.next_change(t - 2.0) > t + 3.0
