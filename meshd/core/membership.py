@@ -26,9 +26,19 @@ outranks whatever it signed before.
 Timers (all driven by `handle_timer(now)`; `get_timer()` gives the next deadline):
 
 * probe, every `probe_interval` x local health (SWIM section 3.1, Lifeguard IV-A): ping the
-  next member of a shuffled round-robin list (SWIM section 4.3). No ack within
-  `probe_timeout` x health -> ping-req through `indirect_checks` members, which nack if the
-  target stays silent (Lifeguard IV-A). No ack by the end of the period -> suspect it.
+  member we have the oldest first-hand evidence of, if that evidence is older than one probe
+  cycle (live members x period); otherwise skip the tick. Evidence is a ping or ack from the
+  member itself (WireGuard authenticates the source) or our own probe of it. SWIM's shuffled
+  round robin (section 4.3) probes each member once per cycle from each side, so every pair
+  exchanges two pings and two acks per cycle although either exchange shows both nodes alive;
+  with evidence, one exchange per pair and cycle suffices: half the idle traffic. Detection
+  time is unchanged: a crashed node's evidence expires at each member at a uniformly random
+  moment of the cycle after the crash, as its turn in a round robin would come. A new member
+  starts with evidence at a phase of the cycle that both nodes of the pair derive from their
+  ids (`_pair_phase`), so it is probed within one cycle, by each member at a different
+  moment. No ack within `probe_timeout` x health ->
+  ping-req through `indirect_checks` members, which nack if the target stays silent
+  (Lifeguard IV-A). No ack by the end of the period -> suspect it.
 * suspicion, per suspected node (Lifeguard IV-B, `suspicion.py`): starts at max, shrinks with
   each independent confirmation; on expiry the node is declared DEAD.
 * gossip, every `gossip_interval` while the broadcast queue is not empty (SWIM 4.1,
@@ -331,8 +341,11 @@ class MeshNode:
         self._by_overlay: dict[str, bytes] = {}
         self._live: list[bytes] = []
         self._live_pos: dict[bytes, int] = {}
-        self._probe_list: list[bytes] = []
-        self._probe_next = 0
+        self._checked_at: dict[bytes, float] = {}
+        """Live member -> last time it sent us anything or we probed it (probe order)."""
+        self._probe_heap: list[tuple[float, bytes]] = []
+        """(checked_at when filed, member); entries are refiled lazily when they surface."""
+        self._in_probe_heap: set[bytes] = set()
         self._tombstones: set[bytes] = set()
         self._hash = 0
 
@@ -380,6 +393,9 @@ class MeshNode:
         # `_add`, inlined because a 1,000-node simulation runs this a million times.
         members, by_overlay, live, live_pos = (self._members, self._by_overlay, self._live,
                                                self._live_pos)  # fmt: skip
+        checked_at, heap = self._checked_at, self._probe_heap
+        peers = list(peers)
+        cycle = max(1, len(peers)) * config.probe_interval
         for ann in peers:
             node_id = ann.cert.identity_key
             if node_id == self.node_id or ann.status is not Status.ALIVE or node_id in members:
@@ -389,11 +405,13 @@ class MeshNode:
             by_overlay[m.overlay] = node_id
             live_pos[node_id] = len(live)
             live.append(node_id)
+            checked_at[node_id] = t = self._pair_phase(node_id, now, cycle)
+            heap.append((t, node_id))
             self._hash ^= _hash_term(node_id, ann.version)
             self._next_cert_expiry = min(self._next_cert_expiry, ann.cert.not_after)
             self._events.append(PeerJoined(ann))
-        self._probe_list = list(self._live)
-        rng.shuffle(self._probe_list)
+        heapq.heapify(heap)
+        self._in_probe_heap.update(live)
 
     # --- public API: outputs -----------------------------------------------------------------
 
@@ -578,15 +596,15 @@ class MeshNode:
 
     # --- membership table --------------------------------------------------------------------
 
-    def _add(self, ann: Announcement, state: MemberState, probe: bool = True) -> Member:
+    def _add(self, ann: Announcement, state: MemberState, now: float) -> Member:
         m = Member(ann, state)
         self._members[ann.node_id] = m
         self._by_overlay[m.overlay] = ann.node_id
         if state in _LIVE:
-            self._make_live(ann.node_id, m, probe)
+            self._make_live(ann.node_id, m, now)
         return m
 
-    def _make_live(self, node_id: bytes, m: Member, probe: bool = True) -> None:
+    def _make_live(self, node_id: bytes, m: Member, now: float) -> None:
         if node_id in self._live_pos:
             return
         self._next_cert_expiry = min(self._next_cert_expiry, m.ann.cert.not_after)
@@ -595,14 +613,13 @@ class MeshNode:
         self._hash ^= _hash_term(node_id, m.version)
         self._tombstones.discard(node_id)
         m.expires = math.inf
-        if not probe:
-            return
-        # memberlist inserts new nodes at a random place in the probe order, so a joiner is
-        # probed within one round without reshuffling everyone.
-        at = self._rng.randint(self._probe_next, len(self._probe_list))
-        self._probe_list.insert(at, node_id)
+        self._checked_at[node_id] = t = self._pair_phase(node_id, now, self._probe_cycle())
+        if node_id not in self._in_probe_heap:
+            self._in_probe_heap.add(node_id)
+            heapq.heappush(self._probe_heap, (t, node_id))
 
     def _make_dead(self, node_id: bytes, m: Member, state: MemberState, now: float) -> None:
+        self._checked_at.pop(node_id, None)  # its heap entry is dropped when it surfaces
         pos = self._live_pos.pop(node_id, None)
         if pos is not None:
             last = self._live.pop()
@@ -796,6 +813,10 @@ class MeshNode:
         if isinstance(msg, wire.Gossip | wire.Ping | wire.Ack | wire.PingReq):
             self._apply_items(msg.items, sender, source, now)
             sender = sender or self._sender(source)  # an announcement may have introduced it
+        if isinstance(msg, wire.Ping | wire.Ack) and sender in self._checked_at:
+            # First-hand evidence that it is alive. Only probe traffic counts: gossip and
+            # push-pull come in bursts around events and would bunch the pairs' phases there.
+            self._checked_at[sender] = now
         if sender is None:
             if not isinstance(msg, wire.Gossip):
                 raise RemoteProtocolError(
@@ -867,7 +888,7 @@ class MeshNode:
         m = self._members.get(node_id)
         leaving = ann.status is Status.LEFT
         if m is None:
-            m = self._add(ann, MemberState.LEFT if leaving else MemberState.ALIVE)
+            m = self._add(ann, MemberState.LEFT if leaving else MemberState.ALIVE, now)
             if leaving:
                 self._make_dead(node_id, m, MemberState.LEFT, now)
             else:
@@ -894,7 +915,7 @@ class MeshNode:
                     self._events.append(PeerUpdated(ann, previous))
             else:
                 m.state = MemberState.ALIVE
-                self._make_live(node_id, m)
+                self._make_live(node_id, m, now)
                 self._events.append(PeerJoined(ann))
         if why is not _Why.BOOTSTRAP:
             self._broadcast(node_id, AnnounceItem(ann.raw), eager=True)
@@ -1016,17 +1037,41 @@ class MeshNode:
     def _scale(self) -> int:
         return self._health + 1
 
-    def _next_probe_target(self) -> bytes | None:
-        for _ in range(2):
-            while self._probe_next < len(self._probe_list):
-                node_id = self._probe_list[self._probe_next]
-                self._probe_next += 1
-                if node_id in self._live_pos:
-                    return node_id
-            # End of a round: reshuffle the live members (SWIM 4.3 round-robin probe order).
-            self._probe_list = list(self._live)
-            self._rng.shuffle(self._probe_list)
-            self._probe_next = 0
+    def _pair_phase(self, node_id: bytes, now: float, cycle: float) -> float:
+        """Initial evidence time of a new member: within the last cycle, at a phase both nodes
+        of the pair derive alike from their ids. A pair exchanges when the first of the two
+        finds its evidence a cycle old, so independent random phases would make that the
+        earlier of two: pairs bunched early in the cycle, and a crash just after the bunch
+        found late. A shared uniform phase spreads the pairs evenly over the cycle (and
+        members probe a joiner at different moments, not all at once)."""
+        lo, hi = sorted((self.node_id, node_id))
+        digest = hashlib.blake2b(lo + hi, digest_size=8, person=b"meshd-phase").digest()
+        phase = int.from_bytes(digest, "big") / 2**64 * cycle
+        return now - (now - phase) % cycle
+
+    def _probe_cycle(self) -> float:
+        """One probe per live member: SWIM's round-robin round (section 4.3). Not scaled by
+        local health: a node that slows its probes (Lifeguard) falls behind on due members and
+        probes the oldest first, but keeps probing, and the successes bring its health back."""
+        return max(1, len(self._live)) * self.config.probe_interval
+
+    def _next_probe_target(self, now: float) -> bytes | None:
+        """The live member with the oldest evidence, if older than a cycle (module doc)."""
+        heap, checked_at = self._probe_heap, self._checked_at
+        while heap:
+            filed, node_id = heap[0]
+            current = checked_at.get(node_id)
+            if current is None:  # no longer live
+                heapq.heappop(heap)
+                self._in_probe_heap.discard(node_id)
+            elif current > filed:  # heard from since it was filed
+                heapq.heapreplace(heap, (current, node_id))
+            elif now - filed < self._probe_cycle():
+                return None
+            else:
+                checked_at[node_id] = now
+                heapq.heapreplace(heap, (now, node_id))
+                return node_id
         return None
 
     def _probe_tick(self, now: float) -> None:
@@ -1037,7 +1082,7 @@ class MeshNode:
         if self._left:
             self._next_probe = math.inf
             return
-        target = self._next_probe_target()
+        target = self._next_probe_target(now)
         if target is None:
             return
         m = self._members[target]
