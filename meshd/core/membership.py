@@ -346,6 +346,10 @@ class MeshNode:
         self._probe_heap: list[tuple[float, bytes]] = []
         """(checked_at when filed, member); entries are refiled lazily when they surface."""
         self._in_probe_heap: set[bytes] = set()
+        self._probed_last: set[bytes] = set()
+        self._urgent: deque[bytes] = deque()
+        """Suspects to probe at the next tick, ahead of the evidence order."""
+        """Members whose last exchange with us we started (see `_next_probe_target`)."""
         self._tombstones: set[bytes] = set()
         self._hash = 0
 
@@ -620,6 +624,7 @@ class MeshNode:
 
     def _make_dead(self, node_id: bytes, m: Member, state: MemberState, now: float) -> None:
         self._checked_at.pop(node_id, None)  # its heap entry is dropped when it surfaces
+        self._probed_last.discard(node_id)
         pos = self._live_pos.pop(node_id, None)
         if pos is not None:
             last = self._live.pop()
@@ -817,6 +822,8 @@ class MeshNode:
             # First-hand evidence that it is alive. Only probe traffic counts: gossip and
             # push-pull come in bursts around events and would bunch the pairs' phases there.
             self._checked_at[sender] = now
+            if isinstance(msg, wire.Ping):
+                self._probed_last.discard(sender)
         if sender is None:
             if not isinstance(msg, wire.Gossip):
                 raise RemoteProtocolError(
@@ -971,6 +978,11 @@ class MeshNode:
         m.state = MemberState.SUSPECT
         m.suspicion = Suspicion(sender, k, lo, hi, now)
         heapq.heappush(self._suspect_heap, (m.suspicion.deadline, node_id))
+        if sender != self.node_id and self._rng.random() < 2 * k / max(1, n - 2):
+            # About 2K members check a rumoured suspect at once instead of at its turn: if it
+            # crashed, the K confirmations that shorten the suspicion (Lifeguard IV-B) come
+            # within a probe interval; if it is fine, they succeed and confirm nothing.
+            self._urgent.append(node_id)
         self._events.append(PeerSuspected(node_id, m.version))
         self._broadcast(node_id, SuspectItem(node_id, m.version, sender))
 
@@ -1056,8 +1068,21 @@ class MeshNode:
         return max(1, len(self._live)) * self.config.probe_interval
 
     def _next_probe_target(self, now: float) -> bytes | None:
-        """The live member with the oldest evidence, if older than a cycle (module doc)."""
+        """The live member with the oldest evidence, if older than a cycle (module doc).
+
+        Both nodes of a pair find their evidence due at the same moment, and the one whose
+        tick comes first would start every exchange, leaving the other without RTT samples
+        (status, gateway choice). So a node that started the last exchange waits one more
+        probe interval, and the pair takes turns; if the other stays silent (it crashed),
+        the probe is only that interval late."""
         heap, checked_at = self._probe_heap, self._checked_at
+        while self._urgent:
+            node_id = self._urgent.popleft()
+            m = self._members.get(node_id)
+            if m is not None and m.state is MemberState.SUSPECT and node_id in checked_at:
+                checked_at[node_id] = now  # its heap entry is refiled when it surfaces
+                self._probed_last.add(node_id)
+                return node_id
         while heap:
             filed, node_id = heap[0]
             current = checked_at.get(node_id)
@@ -1066,11 +1091,15 @@ class MeshNode:
                 self._in_probe_heap.discard(node_id)
             elif current > filed:  # heard from since it was filed
                 heapq.heapreplace(heap, (current, node_id))
-            elif now - filed < self._probe_cycle():
-                return None
             else:
+                due = filed + self._probe_cycle()
+                if node_id in self._probed_last:
+                    due += self.config.probe_interval
+                if now < due:
+                    return None
                 checked_at[node_id] = now
                 heapq.heapreplace(heap, (now, node_id))
+                self._probed_last.add(node_id)
                 return node_id
         return None
 
