@@ -1072,9 +1072,9 @@ class MeshNode:
 
         Both nodes of a pair find their evidence due at the same moment, and the one whose
         tick comes first would start every exchange, leaving the other without RTT samples
-        (status, gateway choice). So a node that started the last exchange waits one more
-        probe interval, and the pair takes turns; if the other stays silent (it crashed),
-        the probe is only that interval late."""
+        (status, gateway choice). So a node that started the last exchange files the member
+        one probe interval later, and the pair takes turns; if the other stays silent (it
+        crashed), the probe is only that interval late."""
         heap, checked_at = self._probe_heap, self._checked_at
         while self._urgent:
             node_id = self._urgent.popleft()
@@ -1083,23 +1083,24 @@ class MeshNode:
                 checked_at[node_id] = now  # its heap entry is refiled when it surfaces
                 self._probed_last.add(node_id)
                 return node_id
+        cycle = self._probe_cycle()
         while heap:
             filed, node_id = heap[0]
             current = checked_at.get(node_id)
             if current is None:  # no longer live
                 heapq.heappop(heap)
                 self._in_probe_heap.discard(node_id)
-            elif current > filed:  # heard from since it was filed
+                continue
+            if node_id in self._probed_last:
+                current += self.config.probe_interval
+            if current > filed:  # heard from since it was filed
                 heapq.heapreplace(heap, (current, node_id))
+            elif now - filed < cycle:
+                return None
             else:
-                due = filed + self._probe_cycle()
-                if node_id in self._probed_last:
-                    due += self.config.probe_interval
-                if now < due:
-                    return None
                 checked_at[node_id] = now
-                heapq.heapreplace(heap, (now, node_id))
                 self._probed_last.add(node_id)
+                heapq.heapreplace(heap, (now + self.config.probe_interval, node_id))
                 return node_id
         return None
 
