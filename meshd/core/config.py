@@ -19,8 +19,9 @@ class MembershipConfig:
     probe_interval: float = 0.5
     """Time between two probes sent by a node (SWIM's protocol period T', section 3.1).
     Default 0.5 s: half memberlist's 1 s, because the first probe of a crashed node and the
-    confirmations that shorten suspicion (Lifeguard IV-B) both arrive once per interval; the
-    cost is one ping+ack (~30 bytes of payload) per node per 0.5 s."""
+    confirmations that shorten suspicion (Lifeguard IV-B) both arrive once per interval. Ticks
+    whose members all gave first-hand evidence within a cycle send nothing (membership.py), so
+    the idle cost is about one ping+ack (~30 bytes of payload) per node per second."""
 
     probe_timeout: float = 0.2
     """Wait for a direct ack before asking others to probe indirectly. Default 0.2 s: LAN RTT

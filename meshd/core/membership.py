@@ -581,7 +581,8 @@ class MeshNode:
             self._next_push_pull = now + cfg.push_pull_interval * (0.75 + 0.5 * self._rng.random())
             if self._live and not self._left:
                 target = self._members[self._rng.choice(self._live)]
-                self._send_push_pull(target, full=False)
+                check = wire.StateCheck(self.state_hash())
+                self._send(target.address, wire.encode(check), Channel.OVERLAY)
         if now >= self._next_reconnect:
             self._next_reconnect = now + cfg.reconnect_interval
             if not self._left:
@@ -840,6 +841,8 @@ class MeshNode:
             p = self._probe
             if p is not None and p.seq == msg.seq:
                 p.nacks += 1
+        elif isinstance(msg, wire.StateCheck):
+            self._check_state(msg.state_hash, sender)
         elif isinstance(msg, wire.PushPullRequest):
             self._on_push_pull_request(msg, sender, now)
         elif isinstance(msg, wire.PushPullReply):
@@ -1341,13 +1344,16 @@ class MeshNode:
                 give.append(m.ann.raw)
         return give, lack
 
+    def _check_state(self, state_hash: bytes, sender: bytes) -> None:
+        """A peer's state hash (`StateCheck`): on a mismatch, a full exchange started by us."""
+        if state_hash != self.state_hash():
+            self.stats["push_pull_mismatch"] += 1
+            self._send_push_pull(self._members[sender], full=True)
+
     def _on_push_pull_request(self, msg: wire.PushPullRequest, sender: bytes, now: float) -> None:
         peer = self._members[sender]
         if msg.digest is None:
-            if msg.state_hash != self.state_hash():
-                # Hashes differ: turn it around into a full exchange started by us.
-                self.stats["push_pull_mismatch"] += 1
-                self._send_push_pull(peer, full=True)
+            self._check_state(msg.state_hash, sender)
             return
         for raw in msg.revocations:
             self._on_revocation(raw, peer.address, now)

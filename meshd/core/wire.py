@@ -222,6 +222,7 @@ class MessageType(enum.IntEnum):
     GOSSIP = 7
     PUSH_PULL_REQUEST = 8
     PUSH_PULL_REPLY = 9
+    STATE_CHECK = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +348,22 @@ class Gossip:
 
 
 @dataclass(frozen=True, slots=True)
+class StateCheck:
+    """The periodic anti-entropy check, as one datagram: the receiver compares the hash with
+    its own and starts a full push-pull on a STREAM only when they differ. A converged pair
+    exchanges one small datagram instead of opening a TCP connection (about ten packets)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.STATE_CHECK
+    CHANNELS: ClassVar[frozenset[Channel]] = frozenset({Channel.OVERLAY})
+
+    state_hash: bytes
+    """16-byte order-independent hash of the sender's live (node, version) set."""
+
+    def fields(self) -> tuple[Any, ...]:
+        return (self.state_hash,)
+
+
+@dataclass(frozen=True, slots=True)
 class PushPullRequest:
     """Anti-entropy (SWIM section 4.3 / memberlist push-pull), on a STREAM. With `digest` None
     it only compares state hashes: an idle, converged mesh exchanges a few dozen bytes."""
@@ -390,7 +407,16 @@ class PushPullReply:
 
 
 Message = (
-    JoinRequest | JoinReply | Ping | Ack | PingReq | Nack | Gossip | PushPullRequest | PushPullReply
+    JoinRequest
+    | JoinReply
+    | Ping
+    | Ack
+    | PingReq
+    | Nack
+    | Gossip
+    | PushPullRequest
+    | PushPullReply
+    | StateCheck
 )
 
 
@@ -460,6 +486,9 @@ def _from_fields(kind: int, f: tuple[Any, ...]) -> Message:
             tuple(enc.expect_bytes(a, "announcement") for a in anns),
             _revocations(f[3]),
         )
+    if kind == MessageType.STATE_CHECK:
+        n(1)
+        return StateCheck(enc.expect_bytes(f[0], "state hash", STATE_HASH_LEN))
     raise RemoteProtocolError(Reject.UNKNOWN_TYPE, f"message type {kind}")
 
 

@@ -37,6 +37,7 @@ messages = st.one_of(
     st.builds(wire.PingReq, seqs, ids, item_lists),
     st.builds(wire.Nack, seqs),
     st.builds(wire.Gossip, item_lists),
+    st.builds(wire.StateCheck, st.binary(min_size=16, max_size=16)),
     st.builds(wire.PushPullRequest, st.binary(min_size=16, max_size=16), digests),
     st.builds(wire.PushPullReply, st.binary(min_size=16, max_size=16), digests,
               st.lists(blobs, max_size=5).map(tuple)),
@@ -109,6 +110,7 @@ def test_golden_encoding() -> None:
     # If this changes, it's a breaking change of the wire format: bump WIRE_VERSION.
     assert wire.encode(wire.Ping(7)).hex() == "4d4401930307" + "90"
     assert wire.encode(wire.Nack(2**32 - 1)).hex() == "4d44019206ceffffffff"
+    assert wire.encode(wire.StateCheck(bytes(16))).hex() == "4d4401920ac410" + "00" * 16
     suspect = wire.Gossip((wire.SuspectItem(bytes(32), 1, b"\x01" * 32),))
     assert wire.encode(suspect).hex() == (
         "4d4401920791" + "9401c420" + "00" * 32 + "01c420" + "01" * 32
