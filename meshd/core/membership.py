@@ -998,9 +998,23 @@ class MeshNode:
         if m.state not in _LIVE:
             self.stats["duplicates"] += 1
             return
+        evidence = self._checked_at.get(node_id, -math.inf)
         self._make_dead(node_id, m, MemberState.DEAD, now)
         self._events.append(PeerDead(m.ann))
         self._broadcast(node_id, DeadItem(node_id, m.version, sender))
+        if (
+            sender != self.node_id
+            and now - evidence < self._probe_cycle()
+            and m.ann.endpoints
+            and self._rng.random() < 3 / max(1, len(self._live))
+        ):
+            # Someone declares dead a node we heard from within the cycle: typically a stale
+            # death from the other side of a healed partition. Nobody gossips to a dead node,
+            # so it would only learn of it at its next reconnect or push-pull; about three
+            # members tell it at once on the underlay (it refutes, as to a reconnect).
+            self.stats["death_notices"] += 1
+            dest = (m.ann.endpoints[0][0], m.ann.meshd_port)
+            self._send_join(dest, now, MemberState.DEAD, m.version, hops=0, retry=False)
 
     def _correct(self, source: Address, ann: Announcement, now: float) -> None:
         """A member gossips a claim about an old version: send it the newer announcement.
