@@ -1014,7 +1014,8 @@ class MeshNode:
             # members tell it at once on the underlay (it refutes, as to a reconnect).
             self.stats["death_notices"] += 1
             dest = (m.ann.endpoints[0][0], m.ann.meshd_port)
-            self._send_join(dest, now, MemberState.DEAD, m.version, hops=0, retry=False)
+            self._send_join(dest, now, MemberState.DEAD, m.version, hops=0, retry=False,
+                            sync=False)  # fmt: skip
 
     def _correct(self, source: Address, ann: Announcement, now: float) -> None:
         """A member gossips a claim about an old version: send it the newer announcement.
