@@ -13,6 +13,7 @@ import pytest
 import uvloop
 from pyroute2.netlink.exceptions import NetlinkError
 
+from meshd.adapters.addresses import underlay_addresses
 from meshd.adapters.netlink import (
     NetlinkEvent,
     NetlinkMonitor,
@@ -140,3 +141,18 @@ async def test_namespaced_sockets_send_no_signals_to_the_loop(lab3: Lab) -> None
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
     assert received == []
+
+
+async def test_underlay_addresses_skip_the_mesh_interface_and_other_tunnels(lab3: Lab) -> None:
+    # A tunnel of another VPN (here a tun device, as wireguard-go, Tailscale or Nebula make) is
+    # no underlay: an endpoint on it would carry the mesh inside that VPN.
+    host = lab3[0]
+    for name, address in (("othervpn0", "fd7c::1/64"), ("mesh0", "fd99::1/128")):
+        await host.run("ip", "tuntap", "add", "dev", name, "mode", "tun")
+        await host.run("ip", "addr", "add", address, "dev", name, "nodad")
+        await host.run("ip", "link", "set", "dev", name, "up")
+    await host.run("ip", "link", "add", "lan1", "type", "veth", "peer", "name", "lan1p")
+    await host.run("ip", "addr", "add", "192.0.2.7/24", "dev", "lan1")
+    await host.run("ip", "link", "set", "dev", "lan1", "up")
+    found = await underlay_addresses({"mesh0"}, host.netns)
+    assert set(found) == {str(host.underlay_v6.ip), str(host.underlay_v4.ip), "192.0.2.7"}
