@@ -63,7 +63,8 @@ class Config:
     endpoints: list[str] = _f(
         [],
         "Underlay endpoints to announce, `ip:port`; empty = the "
-        "addresses of this host's interfaces with `listen_port`.",
+        "addresses of this host's interfaces with `listen_port`, except tunnels "
+        "(another VPN's or WireGuard interface).",
     )
     backend: str = _f(
         "auto",
