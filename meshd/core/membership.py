@@ -342,14 +342,14 @@ class MeshNode:
         self._live: list[bytes] = []
         self._live_pos: dict[bytes, int] = {}
         self._checked_at: dict[bytes, float] = {}
-        """Live member -> last time it sent us anything or we probed it (probe order)."""
+        """Live member -> last time it sent us a ping or ack, or we probed it (probe order)."""
         self._probe_heap: list[tuple[float, bytes]] = []
         """(checked_at when filed, member); entries are refiled lazily when they surface."""
         self._in_probe_heap: set[bytes] = set()
         self._probed_last: set[bytes] = set()
+        """Members whose last exchange with us we started (see `_next_probe_target`)."""
         self._urgent: deque[bytes] = deque()
         """Suspects to probe at the next tick, ahead of the evidence order."""
-        """Members whose last exchange with us we started (see `_next_probe_target`)."""
         self._tombstones: set[bytes] = set()
         self._hash = 0
 
@@ -998,13 +998,13 @@ class MeshNode:
         if m.state not in _LIVE:
             self.stats["duplicates"] += 1
             return
-        evidence = self._checked_at.get(node_id, -math.inf)
+        heard_lately = now - self._checked_at.get(node_id, -math.inf) < self._probe_cycle()
         self._make_dead(node_id, m, MemberState.DEAD, now)
         self._events.append(PeerDead(m.ann))
         self._broadcast(node_id, DeadItem(node_id, m.version, sender))
         if (
             sender != self.node_id
-            and now - evidence < self._probe_cycle()
+            and heard_lately
             and m.ann.endpoints
             and self._rng.random() < 3 / max(1, len(self._live))
         ):

@@ -482,3 +482,70 @@ def test_unsigned_claim_about_our_future_version_is_refused() -> None:
         a.receive(gossip(claim), src, NOW)
     assert a.events() == [MessageRejected(Reject.CONFLICT, src)] * 2
     assert a.announcement.version == v
+
+
+def _probes_sent(core: object, lab: Lab) -> list[int | None]:
+    """Indices of the hosts `core` just pinged (consumes its output)."""
+    out = []
+    for t in core.datagrams_to_send():  # type: ignore[attr-defined]
+        if isinstance(wire.decode(t.data, t.channel), wire.Ping):
+            out.append(lab.index_of(t.destination[0]))
+    return out
+
+
+def test_a_member_heard_from_within_the_cycle_is_not_probed() -> None:
+    lab = Lab(3)
+    a, _, _ = lab.converged(3)
+    a.datagrams_to_send()
+    cycle = 2 * lab.config.probe_interval  # two live members
+    t = NOW
+    # Both members ping a every half interval: a has fresh evidence of both and never probes.
+    while t < NOW + 3 * cycle:
+        t += lab.config.probe_interval / 2
+        for i in (1, 2):
+            a.receive(wire.encode(wire.Ping(1)), lab.source_of(i, Channel.OVERLAY), t)
+        a.handle_timer(t)
+        assert _probes_sent(a, lab) == []
+    # They fall silent: within a cycle (plus a tick) a probes each of them again.
+    probed: set[int | None] = set()
+    end = t + cycle + 2 * lab.config.probe_interval
+    while t < end:
+        t += lab.config.probe_interval / 2
+        a.handle_timer(t)
+        probed.update(_probes_sent(a, lab))
+    assert probed == {1, 2}
+
+
+def test_converged_state_check_is_one_datagram_and_a_mismatch_starts_a_push_pull() -> None:
+    lab = Lab(3)
+    a, b, c = lab.converged(3)
+    check = wire.encode(wire.StateCheck(a.state_hash()))
+    assert len(check) < 32
+    b.receive(check, lab.source_of(0, Channel.OVERLAY), NOW)
+    assert b.datagrams_to_send() == [] and b.events() == []
+    c.update_self(NOW + 1, endpoints=[("192.0.2.1", 51820)])
+    b.receive(wire.encode(wire.StateCheck(c.state_hash())), lab.source_of(2, Channel.OVERLAY),
+              NOW + 1)  # fmt: skip
+    (sent,) = b.datagrams_to_send()
+    assert sent.channel is Channel.STREAM and sent.destination[0] == lab.host(2).overlay
+    assert isinstance(wire.decode(sent.data, sent.channel), wire.PushPullRequest)
+
+
+def test_a_member_declared_dead_by_others_while_we_hear_it_is_told_on_the_underlay() -> None:
+    lab = Lab(3)
+    a, b, c = lab.converged(3)
+    a.datagrams_to_send()
+    # c pinged a just now; then b's stale dead claim about c arrives (a healed partition).
+    a.receive(wire.encode(wire.Ping(5)), lab.source_of(2, Channel.OVERLAY), NOW + 0.1)
+    a.datagrams_to_send()
+    claim = DeadItem(c.node_id, c.announcement.version, b.node_id)
+    a.receive(gossip(claim), lab.source_of(1, Channel.OVERLAY), NOW + 0.2)
+    assert [e for e in a.events() if isinstance(e, PeerDead)] == [PeerDead(c.announcement)]
+    notices = [t for t in a.datagrams_to_send() if t.channel is Channel.UNDERLAY]
+    # 3 / (live members) >= 1 here: the notice is certain. It asks c to refute.
+    (notice,) = notices
+    msg = wire.decode(notice.data, notice.channel)
+    assert isinstance(msg, wire.JoinRequest) and msg.target_state is MemberState.DEAD
+    assert notice.destination == lab.net.underlay_address(2)
+    c.receive(notice.data, lab.source_of(0, Channel.UNDERLAY), NOW + 0.3, Channel.UNDERLAY)
+    assert c.announcement.version > claim.version
