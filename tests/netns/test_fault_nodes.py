@@ -36,7 +36,11 @@ async def test_scale_out_fifteen_nodes_join_through_one_seed_at_once(
         mesh = MeshLab(lab, tmp_path)
         nodes = [mesh.add_node(i, seeds=[0] if i else []) for i in range(n)]
         started = time.monotonic()
-        await mesh.start_mesh(nodes, within=60)
+        # 16 Python daemons starting at once on two cores: a starved newcomer can declare the
+        # seed dead and be declared dead in turn (CI, once in three runs); it comes back by its
+        # reconnect and learns members that joined meanwhile at its next push-pull (30 s), so
+        # the deadline covers two push-pull rounds.
+        await mesh.start_mesh(nodes, within=120)
         print(f"16-node mesh whole {time.monotonic() - started:.1f} s after the seed started")
         assert await mesh.wireguard_peer_names(nodes) == full_mesh(nodes)
         assert await mesh.unreachable_pairs(nodes) == []
