@@ -21,6 +21,7 @@ import os
 import socket
 import struct
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -228,42 +229,57 @@ class RouteEntry:
     proto: int
 
 
+def _messages(data: bytes) -> Iterator[tuple[int, int, int, int]]:
+    """(type, sequence number, body offset, end offset) of each netlink message in one
+    receive buffer; stops at a truncated or malformed header."""
+    offset = 0
+    while offset + _NLMSG_HDR.size <= len(data):
+        length, kind, _flags, seq, _pid = _NLMSG_HDR.unpack_from(data, offset)
+        if length < _NLMSG_HDR.size:
+            return
+        yield kind, seq, offset + _NLMSG_HDR.size, offset + length
+        offset += (length + 3) & ~3
+
+
+def _attributes(data: bytes, pos: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """(type, value) of each route attribute between `pos` and `end`."""
+    while pos + _RTATTR.size <= end:
+        alen, atype = _RTATTR.unpack_from(data, pos)
+        if alen < _RTATTR.size:
+            return
+        yield atype, data[pos + _RTATTR.size : pos + alen]
+        pos += (alen + 3) & ~3
+
+
+def _error_code(data: bytes, body: int) -> int:
+    """The errno of an NLMSG_ERROR message (0 for an ack)."""
+    code: int = -struct.unpack_from("=i", data, body)[0]
+    return code
+
+
 def parse_route_messages(data: bytes) -> tuple[list[RouteEntry], bool]:
     """Routes in one netlink receive buffer, and whether the dump is done."""
     routes: list[RouteEntry] = []
-    offset = 0
-    while offset + _NLMSG_HDR.size <= len(data):
-        length, kind, _flags, _seq, _pid = _NLMSG_HDR.unpack_from(data, offset)
-        if length < _NLMSG_HDR.size:
-            break
-        body = offset + _NLMSG_HDR.size
+    for kind, _seq, body, end in _messages(data):
         if kind == _NLMSG_DONE:
             return routes, True
         if kind == _NLMSG_ERROR:
-            code = -struct.unpack_from("=i", data, body)[0]
+            code = _error_code(data, body)
             raise OSError(code, f"dumping routes: {os.strerror(code)}")
         if kind == _RTM_NEWROUTE:
             family, dst_len, _s, _t, table, proto, _sc, _ty, _f = _RTMSG.unpack_from(data, body)
             dst: bytes | None = None
             oif: int | None = None
-            pos = body + _RTMSG.size
-            end = offset + length
-            while pos + _RTATTR.size <= end:
-                alen, atype = _RTATTR.unpack_from(data, pos)
-                if alen < _RTATTR.size:
-                    break
-                value = data[pos + _RTATTR.size : pos + alen]
+            for atype, value in _attributes(data, body + _RTMSG.size, end):
                 if atype == _RTA_DST:
                     dst = value
                 elif atype == _RTA_OIF:
                     oif = struct.unpack("=I", value)[0]
                 elif atype == _RTA_TABLE:
                     table = struct.unpack("=I", value)[0]
-                pos += (alen + 3) & ~3
             size = 4 if family == socket.AF_INET else 16
             net = ipaddress.ip_network((dst or bytes(size), dst_len))
             routes.append(RouteEntry(net, oif, table, proto))
-        offset += (length + 3) & ~3
     return routes, False
 
 
@@ -391,15 +407,10 @@ async def _read_acks(
     2.. (1 is a dump's); the errno of the ack to sequence s goes to `results[s - 2]`."""
     while pending:
         data = await _recv(loop, sock)
-        offset = 0
-        while offset + _NLMSG_HDR.size <= len(data):
-            length, kind, _f, seq, _pid = _NLMSG_HDR.unpack_from(data, offset)
-            if length < _NLMSG_HDR.size:
-                break
+        for kind, seq, body, _end in _messages(data):
             if kind == _NLMSG_ERROR and 2 <= seq < len(results) + 2:
-                results[seq - 2] = -struct.unpack_from("=i", data, offset + 16)[0]
+                results[seq - 2] = _error_code(data, body)
                 pending -= 1
-            offset += (length + 3) & ~3
 
 
 # --- policy rules (exit routes) ----------------------------------------------------------------
@@ -462,33 +473,22 @@ async def dump_rule_priorities(sock: socket.socket, proto: int) -> set[tuple[int
     found: set[tuple[int, int]] = set()
     while True:
         data = await _recv(loop, sock)
-        offset = 0
-        while offset + _NLMSG_HDR.size <= len(data):
-            length, kind, _flags, _seq, _pid = _NLMSG_HDR.unpack_from(data, offset)
-            if length < _NLMSG_HDR.size:
-                break
-            body = offset + _NLMSG_HDR.size
+        for kind, _seq, body, end in _messages(data):
             if kind == _NLMSG_DONE:
                 return found
             if kind == _NLMSG_ERROR:
-                code = -struct.unpack_from("=i", data, body)[0]
+                code = _error_code(data, body)
                 raise OSError(code, f"dumping rules: {os.strerror(code)}")
             if kind == _RTM_NEWRULE:
                 family = data[body]
                 priority, rule_proto = 0, 0
-                pos, end = body + _RTMSG.size, offset + length
-                while pos + _RTATTR.size <= end:
-                    alen, atype = _RTATTR.unpack_from(data, pos)
-                    if alen < _RTATTR.size:
-                        break
+                for atype, value in _attributes(data, body + _RTMSG.size, end):
                     if atype == _FRA_PRIORITY:
-                        priority = struct.unpack_from("=I", data, pos + _RTATTR.size)[0]
+                        priority = struct.unpack_from("=I", value)[0]
                     elif atype == _FRA_PROTOCOL:
-                        rule_proto = data[pos + _RTATTR.size]
-                    pos += (alen + 3) & ~3
+                        rule_proto = value[0]
                 if rule_proto == proto:
                     found.add((family, priority))
-            offset += (length + 3) & ~3
 
 
 async def change_rules(
