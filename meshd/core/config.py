@@ -27,6 +27,15 @@ class MembershipConfig:
     """Wait for a direct ack before asking others to probe indirectly. Default 0.2 s: LAN RTT
     inside the tunnel is below 1 ms, so 200x leaves room for a busy or paging peer."""
 
+    first_probe_after: float = 1.0
+    """A member that became live (joined, or came back from dead) is probed no sooner than this.
+    Its tunnel may not be up yet: the member may not know of us yet (its WireGuard drops our
+    handshake), and the data plane takes a moment to add a peer (up to 0.5 s on purpose, see
+    `first_endpoint`). A probe in that window fails and raises a false suspicion; after a
+    30-node partition healed, every node probed some member in it. Default 1 s: the first
+    probe of a member is otherwise at a random moment of the cycle, so detecting a node that
+    crashes right after joining takes at most this much longer."""
+
     indirect_checks: int = 3
     """k of SWIM section 3.1: members asked to probe on our behalf. Default 3 (memberlist):
     a false suspicion then needs all three relays to fail as well."""
@@ -109,6 +118,7 @@ class MembershipConfig:
             cls(),
             probe_interval=0.1,
             probe_timeout=0.04,
+            first_probe_after=0.2,
             gossip_interval=0.05,
             push_pull_interval=2.0,
             reconnect_interval=1.0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from meshd.core import wire
 from meshd.core.announce import AnnouncementVerifier
 from meshd.core.cert import issue_revocation
+from meshd.core.config import MembershipConfig
 from meshd.core.errors import Reject
 from meshd.core.membership import (
     MessageRejected,
@@ -549,3 +551,95 @@ def test_a_member_declared_dead_by_others_while_we_hear_it_is_told_on_the_underl
     assert notice.destination == lab.net.underlay_address(2)
     c.receive(notice.data, lab.source_of(0, Channel.UNDERLAY), NOW + 0.3, Channel.UNDERLAY)
     assert c.announcement.version > claim.version
+
+
+def test_a_digest_holding_a_live_member_dead_is_forwarded_to_it_not_suspected() -> None:
+    lab = Lab(3)
+    a, b, c = lab.converged(3)
+    for core in (a, b, c):
+        core.datagrams_to_send()
+    # a was on the other side of a partition: its digest holds c dead at c's current version.
+    version = c.announcement.version
+    digest = tuple(
+        e._replace(state=MemberState.DEAD) if e.node_id == c.node_id else e for e in a.digest()
+    )
+    request = wire.encode(wire.PushPullRequest(a.state_hash(), digest))
+    b.receive(request, (lab.host(0).overlay, 50000), NOW, Channel.STREAM)
+    assert [e for e in b.events() if isinstance(e, PeerSuspected)] == []
+    forwarded = [t for t in b.datagrams_to_send() if t.channel is Channel.OVERLAY]
+    assert [(t.destination[0], wire.decode(t.data, t.channel)) for t in forwarded] == [
+        (lab.host(2).overlay, Gossip((DeadItem(c.node_id, version, a.node_id),)))
+    ]
+    # Once per probe interval: the same digest again does not repeat it.
+    b.receive(request, (lab.host(0).overlay, 50000), NOW + 0.01, Channel.STREAM)
+    assert [t for t in b.datagrams_to_send() if t.channel is Channel.OVERLAY] == []
+    # c refutes it.
+    c.receive(forwarded[0].data, lab.source_of(1, Channel.OVERLAY), NOW + 0.01)
+    assert c.announcement.version > version
+
+
+def test_a_node_declared_dead_asks_every_member_it_holds_dead_at_once() -> None:
+    lab = Lab(5)
+    a, b, c, d, _ = lab.converged(5)
+    a.datagrams_to_send()
+    # a holds b and c dead (the other side of a partition) ...
+    for dead in (b, c):
+        a.receive(gossip(DeadItem(dead.node_id, dead.announcement.version, d.node_id)),
+                  lab.source_of(3, Channel.OVERLAY), NOW + 0.1)  # fmt: skip
+    a.datagrams_to_send()
+    # ... and learns that the other side holds it dead: it asks both at once on the underlay.
+    claim = DeadItem(a.node_id, a.announcement.version, d.node_id)
+    a.receive(gossip(claim), lab.source_of(3, Channel.OVERLAY), NOW + 0.2)
+    asked = [t for t in a.datagrams_to_send() if t.channel is Channel.UNDERLAY]
+    assert sorted(t.destination for t in asked) == sorted(
+        lab.net.underlay_address(i) for i in (1, 2)
+    )
+    for t in asked:
+        msg = wire.decode(t.data, t.channel)
+        assert isinstance(msg, wire.JoinRequest) and msg.target_state is MemberState.DEAD
+    # Each refutes; their answers bring them back for a.
+    for t in asked:
+        receiver = lab.cores[lab.index_of(t.destination[0])]  # type: ignore[index]
+        receiver.receive(t.data, lab.source_of(0, t.channel), NOW + 0.3, t.channel)
+    lab.deliver(NOW + 0.3)
+    assert {e.announcement.node_id for e in a.events() if isinstance(e, PeerJoined)} == {
+        b.node_id,
+        c.node_id,
+    }
+    # Declared dead again soon after: no second burst within the reconnect interval.
+    for dead in (b, c):
+        a.receive(gossip(DeadItem(dead.node_id, dead.announcement.version, d.node_id)),
+                  lab.source_of(3, Channel.OVERLAY), NOW + 0.4)  # fmt: skip
+    a.datagrams_to_send()
+    claim = DeadItem(a.node_id, a.announcement.version, d.node_id)
+    a.receive(gossip(claim), lab.source_of(3, Channel.OVERLAY), NOW + 0.5)
+    assert [t for t in a.datagrams_to_send() if t.channel is Channel.UNDERLAY] == []
+
+
+def test_a_member_that_just_became_live_is_not_probed_before_its_tunnel_can_be_up() -> None:
+    config = dataclasses.replace(
+        MembershipConfig.local(), first_probe_after=1.0, suspicion_min_floor=5.0
+    )
+    lab = Lab(7, config)
+    a, b, *_ = lab.converged(6)  # cycle: 7 x 0.1 s, under first_probe_after
+    new = lab.core(6)
+    joined_at = NOW + 0.01
+    a.receive(gossip(AnnounceItem(new.announcement.raw)), lab.source_of(1, Channel.OVERLAY),
+              joined_at)  # fmt: skip
+    # A rumoured suspicion would make a check the suspect at once (2K/(n-2) >= 1), but not a
+    # member that only just became live.
+    a.receive(gossip(SuspectItem(new.node_id, new.announcement.version, b.node_id)),
+              lab.source_of(1, Channel.OVERLAY), joined_at)  # fmt: skip
+    assert [type(e) for e in a.events()] == [PeerJoined, PeerSuspected]
+    pinged_at: list[float] = []
+    t = joined_at
+    cycle = 7 * config.probe_interval
+    while t < joined_at + config.first_probe_after + cycle:
+        a.handle_timer(t)
+        del lab.log[:]
+        lab.deliver(t)
+        pinged_at += [t - joined_at for sender, receiver, kind in lab.log
+                      if (sender, receiver, kind) == (0, 6, "Ping")]  # fmt: skip
+        t += config.probe_interval / 2
+    # Its evidence is due at first_probe_after: probed within a cycle from then, not before.
+    assert pinged_at and config.first_probe_after <= pinged_at[0] < config.first_probe_after + cycle
