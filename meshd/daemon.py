@@ -54,7 +54,12 @@ from meshd.core import membership as ms
 from meshd.core.announce import PEER_SWITCH_LAG_MS, Announcement, AnnouncementVerifier
 from meshd.core.cert import Certificate, check_revocation, decode_revocation
 from meshd.core.config import MembershipConfig
-from meshd.core.endpoints import STALE_HANDSHAKE_S, EndpointChoice
+from meshd.core.endpoints import (
+    FIRST_HANDSHAKE_DEFER_S,
+    STALE_HANDSHAKE_S,
+    EndpointChoice,
+    first_endpoint,
+)
 from meshd.core.errors import MeshError, Reject, RemoteProtocolError
 from meshd.core.identity import WireGuardKey, key_id
 from meshd.core.psk import PskSecrets
@@ -144,6 +149,7 @@ class Daemon:
         self._last_alive: dict[bytes, bytes] = {}
         """Newest ALIVE announcement of every member, persisted as restart contacts."""
         self._endpoint_choice: dict[bytes, EndpointChoice] = {}
+        self._recompute_timer: asyncio.TimerHandle | None = None
         self._gateways: dict[Prefix, Held] = {}
         """Advertised prefix -> the member we route it through, since when (for stability)."""
         self._refused: dict[Prefix, str] = {}
@@ -400,6 +406,8 @@ class Daemon:
         if self.core is not None and not self._left:
             with contextlib.suppress(Exception):
                 await self.leave()
+        if self._recompute_timer is not None:
+            self._recompute_timer.cancel()
         tasks = [*self._tasks, *self._side_tasks, *([self._apply_task] if self._apply_task else [])]
         for task in tasks:
             task.cancel()
@@ -606,6 +614,8 @@ class Daemon:
         live_ids = {ann.node_id for ann in live}
         for gone in set(self._endpoint_choice) - live_ids:
             del self._endpoint_choice[gone]
+        own_wg_key = self._own_wg_key(now)
+        deferred = False
         for ann in live:
             if ann.node_id == self.node.identity.public:
                 continue
@@ -620,19 +630,23 @@ class Daemon:
             )
             allowed = [ipaddress.ip_network(a) for a in ann.cert.addresses]
             allowed += routed.get(ann.node_id, [])
+            assert choice.known_since is not None  # set by update()
+            configured = first_endpoint(own_wg_key.public, wg_key, now - choice.known_since,
+                                        endpoint)  # fmt: skip
+            deferred |= configured != endpoint
             peers.append(
                 WgPeer(
                     public_key=wg_key,
-                    endpoint=endpoint,
+                    endpoint=configured,
                     allowed_ips=tuple(allowed),
                     persistent_keepalive=self.config.persistent_keepalive,
                     preshared_key=psk.pair_psk(me, ann.node_id) if psk else None,
                 )
             )
         # The mark lets policy rules keep WireGuard's own packets out of an exit route.
-        device = WgDevice(
-            self._own_wg_key(now).private, self.config.listen_port, tuple(peers), MESHD_FWMARK
-        )
+        device = WgDevice(own_wg_key.private, self.config.listen_port, tuple(peers), MESHD_FWMARK)
+        if deferred:
+            self._recompute_soon(FIRST_HANDSHAKE_DEFER_S)
         addresses = tuple(
             ipaddress.ip_interface(f"{a}/{128 if ipaddress.ip_address(a).version == 6 else 32}")
             for a in self.node.cert.addresses
@@ -656,6 +670,20 @@ class Daemon:
         log.warning("wireguard-go for %s exited; restarting it and re-applying state", ifname)
         if self.reconciler is not None:
             self.reconciler.trigger()
+
+    def _recompute_soon(self, delay: float) -> None:
+        """Recompute the desired state in `delay` s (a deferred endpoint is due), sooner than
+        the periodic pass (ENDPOINT_PERIOD_S)."""
+        if self._recompute_timer is not None:
+            return  # one is pending; it schedules the next if still needed
+        loop = asyncio.get_running_loop()
+
+        def due() -> None:
+            self._recompute_timer = None
+            if self.dataplane is not None and self.core is not None:
+                self._update_desired()
+
+        self._recompute_timer = loop.call_later(delay, due)
 
     def _update_desired(self) -> None:
         assert self.dataplane is not None and self.core is not None

@@ -1,4 +1,4 @@
-from meshd.core.endpoints import EndpointChoice
+from meshd.core.endpoints import FIRST_HANDSHAKE_DEFER_S, EndpointChoice, first_endpoint
 
 E1, E2, NAT = ("192.0.2.1", 51820), ("2001:db8::1", 51820), ("198.51.100.7", 40000)
 
@@ -29,3 +29,21 @@ def test_new_announcement_restarts_with_its_best_endpoint() -> None:
     c = EndpointChoice()
     c.update((E1,), 1.0, NAT, now=0)
     assert c.update((E2,), 1.0, NAT, now=1) == E2  # the peer moved: use its new address now
+
+
+def test_only_the_smaller_key_initiates_to_a_new_peer_at_once() -> None:
+    small, large = bytes(32), b"\xff" * 32
+    # The smaller key configures the endpoint at once, so its WireGuard initiates.
+    assert first_endpoint(small, large, 0.0, E1) == E1
+    # The larger key leaves it out (answers, cannot initiate) until the deferral is over ...
+    assert first_endpoint(large, small, 0.0, E1) is None
+    assert first_endpoint(large, small, FIRST_HANDSHAKE_DEFER_S - 0.01, E1) is None
+    # ... and then configures it, whatever happened meanwhile.
+    assert first_endpoint(large, small, FIRST_HANDSHAKE_DEFER_S, E1) == E1
+
+
+def test_the_choice_remembers_when_the_peer_was_first_configured() -> None:
+    c = EndpointChoice()
+    c.update((E1,), None, None, now=5)
+    c.update((E1, E2), None, None, now=9)
+    assert c.known_since == 5
