@@ -21,6 +21,12 @@ dns_change_resume_s   the seed's underlay address changes and its DNS name (`see
                       is `seed.lab:51821` starts. Time from the address change until the new
                       node answers pings from every node (includes its process start, ~0.3 s).
                       The new node leaves again before the next run.
+nat_move_resume_s     one node moves behind a NAT router (nftables masquerade, NAT44 and NAT66;
+                      its link moves to the router's inside and gets private addresses): time
+                      until a ping to its overlay address succeeds from every other node. Its
+                      announced endpoints are unreachable now: peers must keep the address
+                      WireGuard learnt from its packets. It moves back onto the LAN after
+                      each run (two nodes behind two NATs cannot reach each other).
 idle_bytes_per_node_s all bytes the N hosts send onto the underlay (switch port counters:
                       WireGuard-wrapped probes and gossip, handshakes, keepalives, neighbour
                       discovery) per node per second, over --idle-seconds of a converged mesh.
@@ -162,6 +168,19 @@ class FaultBench:
         assert await self.mesh.stop(new) == 0
         return took
 
+    async def nat_move(self, mover: MeshdNode) -> float:
+        t0 = time.monotonic()
+        await self.lab.move_behind_nat(mover.host.index)
+
+        async def reaches(n: MeshdNode) -> bool:
+            return await fast_ping(n.host, mover.overlay_v6)
+
+        took = await until_all(others(self.nodes, mover), reaches, t0, 60, "ping behind the NAT")
+        # Back onto the LAN (not measured): two nodes behind two NATs cannot reach each other.
+        await self.lab.leave_nat(mover.host.index)
+        await self.mesh.wait_full_mesh(self.nodes, within=60)
+        return took
+
     async def partition(self) -> float:
         half = len(self.nodes) // 2
         a, b = self.nodes[:half], self.nodes[half:]
@@ -215,6 +234,7 @@ async def run(nodes: int, repeat: int, idle_seconds: float) -> dict[str, object]
                 ("ip_change_resume_s", lambda r: bench.ip_change(pick[r])),
                 ("dns_change_resume_s", by_name),
                 ("partition_heal_s", lambda r: bench.partition()),
+                ("nat_move_resume_s", lambda r: bench.nat_move(pick[r])),
             ]
             for key, measure in phases:
                 # A phase that times out leaves the mesh unhealthy: report what was measured

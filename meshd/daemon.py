@@ -150,6 +150,7 @@ class Daemon:
         """Newest ALIVE announcement of every member, persisted as restart contacts."""
         self._endpoint_choice: dict[bytes, EndpointChoice] = {}
         self._recompute_timer: asyncio.TimerHandle | None = None
+        self._read_before_apply = False
         self._gateways: dict[Prefix, Held] = {}
         """Advertised prefix -> the member we route it through, since when (for stability)."""
         self._refused: dict[Prefix, str] = {}
@@ -280,14 +281,16 @@ class Daemon:
             task.add_done_callback(self._side_tasks.discard)
 
     async def _reannounce(self) -> None:
-        """Our underlay addresses changed: sign and spread an announcement with the new
-        endpoints, so peers switch at once instead of waiting for roaming or a timeout."""
+        """Our underlay addresses changed: sign an announcement with the new endpoints and send
+        it to every member through the tunnel, so that peers switch at once (by the
+        announcement, and by WireGuard's roaming when we are behind a NAT)."""
         if self.core is None or self._left:
             return
         endpoints = await self.own_endpoints()
         if tuple(endpoints) == self.core.announcement.endpoints:
             return
         self.core.update_self(self.clock(), endpoints=endpoints)
+        self.core.tell_members()
         self._after_core()
         self._persist_wanted.set()
         log.info("underlay changed; announced endpoints %s",
@@ -493,6 +496,9 @@ class Daemon:
         try:
             while True:
                 self._apply_again = False
+                if self._read_before_apply:
+                    self._read_before_apply = False
+                    await self.refresh()
                 desired = self.desired_interface(self.core.live_members())
                 self._last_desired = desired
                 try:
@@ -526,6 +532,9 @@ class Daemon:
             )
         elif isinstance(event, ms.PeerUpdated):
             log.info("peer %s updated its announcement", event.announcement.name)
+            # Its endpoints moved: the endpoint choice needs what WireGuard has learnt since
+            # (roaming from the packet that brought the news), not the last periodic read.
+            self._read_before_apply |= event.announcement.endpoints != event.previous.endpoints
         elif isinstance(event, ms.PeerSuspected):
             member = self.core.member(event.node_id) if self.core else None
             log.info("peer %s suspected", member.ann.name if member else key_id(event.node_id))

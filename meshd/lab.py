@@ -182,6 +182,28 @@ class Container:
     """The bridge on the host."""
 
 
+@dataclass
+class NatRouter:
+    """A home-style router in front of one lab host (`Lab.move_behind_nat`): namespace
+    PREFIX-nI with `wan0` on the lab bridge (public addresses `public_v6`, `public_v4`) and the
+    host's link on its inside (fd9b:<run>:<I>::/64, 192.168.<I>.0/24). nftables masquerades
+    both families (NAT44 and NAT66), so nothing outside can reach the host unless it sent
+    first: the host's announced addresses are of no use to the other hosts."""
+
+    netns: str
+    public_v6: ipaddress.IPv6Interface
+    public_v4: ipaddress.IPv4Interface
+
+
+_NAT_RULES = """table inet lab_nat {
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "wan0" masquerade
+    }
+}
+"""
+
+
 _INET_ROUTER_V6 = ipaddress.IPv6Address("2001:db8:100::1")
 _INET_ROUTER_V4 = ipaddress.IPv4Address("198.51.100.1")
 _INET_SERVER_V6 = ipaddress.IPv6Address("2001:db8:80::80")
@@ -296,6 +318,8 @@ class Lab:
         self._procs: list[asyncio.subprocess.Process] = []
         self._made_ns: list[str] = []
         self._sysctl_restore: list[tuple[Path, int]] = []
+        self._ports: dict[int, str] = {}
+        """Switch port of a host behind a NAT router (its router's outside)."""
         # A per-run number keeps underlay prefixes of parallel labs apart.
         self._net = sum(prefix.encode()) % 250 + 1
 
@@ -319,8 +343,9 @@ class Lab:
         return proc
 
     def port(self, host: LabHost) -> str:
-        """The switch port (bridge member in the switch namespace) of `host`'s eth0."""
-        return f"p{host.index}"
+        """The switch port (bridge member in the switch namespace) of `host`'s eth0, or of its
+        NAT router's outside once it moved behind one."""
+        return self._ports.get(host.index, f"p{host.index}")
 
     async def __aenter__(self) -> Lab:
         try:
@@ -438,6 +463,82 @@ class Lab:
 
             await wait_for(reachable, 5.0, f"{self.hosts[i].netns} uplink")
         return inet
+
+    async def move_behind_nat(self, index: int) -> NatRouter:
+        """Put host `index` behind a NAT router (`NatRouter`), as a laptop that moves from the
+        office LAN to a home network: its link is moved from the lab bridge to the router's
+        inside, its underlay addresses become private ones, and its default routes point to
+        the router. One burst of netlink changes on the host, like a real move."""
+        host = self.hosts[index]
+        if self.count + index >= 250:
+            raise ValueError("no free public address for another NAT router")
+        router = f"{self.prefix}-n{index}"
+        await self._add_ns(router)
+        await _exec("ip", "netns", "exec", router, "sysctl", "-q", "-w",
+                    "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")  # fmt: skip
+        public_v6 = ipaddress.IPv6Interface(f"fd9a:{self._net:x}::{0x2000 + index:x}/64")
+        public_v4 = ipaddress.IPv4Interface(f"10.{self._net}.0.{250 - index}/24")
+        sw, r = ("ip", "-n", self.switch), ("ip", "-n", router)
+        await _exec(
+            *sw, "link", "add", "name", f"n{index}", "index", str(4000 + index),
+            "type", "veth", "peer", "name", "wan0", "netns", router, "index", str(500 + index),
+        )  # fmt: skip
+        await _exec(*sw, "link", "set", "dev", f"n{index}", "master", "br0", "up")
+        await _exec(*r, "addr", "add", str(public_v6), "dev", "wan0", "nodad")
+        await _exec(*r, "addr", "add", str(public_v4), "dev", "wan0")
+        await _exec(*r, "link", "set", "dev", "wan0", "up")
+        rules = LAB_ROOT / router / "nat.nft"
+        rules.parent.mkdir(parents=True, exist_ok=True)
+        rules.write_text(_NAT_RULES)
+        await _exec("ip", "netns", "exec", router, "nft", "-f", str(rules))
+        # The host's switch port becomes the router's inside port.
+        port = self.port(host)
+        inside_v6 = ipaddress.IPv6Interface(f"fd9b:{self._net:x}:{index:x}::1/64")
+        inside_v4 = ipaddress.IPv4Interface(f"192.168.{index}.1/24")
+        await _exec(*sw, "link", "set", "dev", port, "nomaster")
+        await _exec(*sw, "link", "set", "dev", port, "netns", router)
+        await _exec(*r, "addr", "add", str(inside_v6), "dev", port, "nodad")
+        await _exec(*r, "addr", "add", str(inside_v4), "dev", port)
+        await _exec(*r, "link", "set", "dev", port, "up")
+        self._ports[index] = f"n{index}"
+        batch = LAB_ROOT / host.netns / "nat-batch"
+        batch.parent.mkdir(parents=True, exist_ok=True)
+        v6 = ipaddress.IPv6Interface(f"{inside_v6.ip + 1}/64")
+        v4 = ipaddress.IPv4Interface(f"{inside_v4.ip + 1}/24")
+        batch.write_text(
+            f"addr add {v6} dev eth0 nodad\naddr del {host.underlay_v6} dev eth0\n"
+            f"addr add {v4} dev eth0\naddr del {host.underlay_v4} dev eth0\n"
+            f"route replace default via {inside_v6.ip}\nroute replace default via {inside_v4.ip}\n"
+        )
+        await _exec("ip", "-n", host.netns, "-batch", str(batch))
+        host.underlay_v6, host.underlay_v4 = v6, v4
+        return NatRouter(router, public_v6, public_v4)
+
+    async def leave_nat(self, index: int) -> None:
+        """Move host `index` from behind its NAT router (`move_behind_nat`) back onto the lab
+        bridge with its original addresses, and remove the router."""
+        host, router = self.hosts[index], f"{self.prefix}-n{index}"
+        port = self.port(host)
+        if port == f"p{index}":
+            raise ValueError(f"{host.netns} is not behind a NAT router")
+        home = f"p{index}"
+        await _exec("ip", "-n", router, "link", "set", "dev", home, "netns", self.switch)
+        await _exec("ip", "-n", self.switch, "link", "set", "dev", home, "master", "br0", "up")
+        del self._ports[index]
+        v6 = ipaddress.IPv6Interface(f"fd9a:{self._net:x}::{index + 1:x}/64")
+        v4 = ipaddress.IPv4Interface(f"10.{self._net}.0.{index + 1}/24")
+        for family in ("-4", "-6"):
+            await _exec("ip", "-n", host.netns, family, "route", "del", "default")
+        batch = LAB_ROOT / host.netns / "nat-batch"
+        batch.write_text(
+            f"addr add {v6} dev eth0 nodad\naddr del {host.underlay_v6} dev eth0\n"
+            f"addr add {v4} dev eth0\naddr del {host.underlay_v4} dev eth0\n"
+        )
+        await _exec("ip", "-n", host.netns, "-batch", str(batch))
+        host.underlay_v6, host.underlay_v4 = v6, v4
+        await _exec("ip", "netns", "del", router)
+        self._made_ns.remove(router)
+        shutil.rmtree(LAB_ROOT / router, ignore_errors=True)
 
     async def add_container(
         self, index: int, bridge: str = "ctr0", subnet: str = "fd00:c0::/64"

@@ -2,7 +2,9 @@
 
 WireGuard roams: once a handshake succeeds, the peer's endpoint becomes the address its packets
 last came from (whitepaper section 2.1), which is how NAT traversal works when the NAT'd side
-initiates. So while the handshake is fresh, meshd leaves the endpoint WireGuard learnt alone.
+initiates. So while the handshake is fresh, meshd leaves the endpoint WireGuard learnt alone,
+also when the peer announces new endpoints, unless WireGuard still sends to one the peer
+announced before (it moved away from it).
 When it goes stale (no handshake for longer than WireGuard's rekey window), meshd walks through
 the endpoints the peer announced, one per `retry_after` seconds, until one answers.
 """
@@ -77,9 +79,18 @@ class EndpointChoice:
         if self.known_since is None:
             self.known_since = now
         if announced != self.announced:
-            # New announcement (the peer moved): start over with its best endpoint at once.
+            previous = self.announced
             self.announced, self.index, self.chosen_at = announced, 0, now
-            self.current = announced[0] if announced else roamed
+            fresh = handshake_age is not None and handshake_age < stale_after
+            if fresh and roamed is not None and roamed not in previous:
+                # WireGuard learnt this endpoint from the peer's own packets, and the peer
+                # never announced it: its NAT's public address (what it announces is private),
+                # or the address it moved to. Setting an announced one would cut the pair
+                # until the peer's next packet roams it back.
+                self.current = roamed
+            else:
+                # The peer moved away from where WireGuard sends: its best endpoint at once.
+                self.current = announced[0] if announced else roamed
             return self.current
         if handshake_age is not None and handshake_age < stale_after and roamed is not None:
             self.current = roamed  # working: keep what WireGuard learnt

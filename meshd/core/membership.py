@@ -550,6 +550,17 @@ class MeshNode:
                 dest = (m.ann.endpoints[0][0], m.ann.meshd_port)
                 self._send_join(dest, now, m.state, m.version, hops=2, retry=False, sync=False)
 
+    def tell_members(self) -> None:
+        """Send our announcement to every live member through the tunnel, one datagram each.
+        After our underlay address changed: each member's WireGuard learns our new address
+        from the packet (roaming; behind a NAT the only way, since the address we announce is
+        not reachable from outside), and the member needs the announcement anyway; gossip
+        would reach the last of them only after a few rounds and their probes of us only
+        within a cycle."""
+        data = wire.encode(wire.Gossip((AnnounceItem(self._me.raw),)))
+        for node_id in self._live:
+            self._send(self._members[node_id].address, data, Channel.OVERLAY)
+
     # --- public API: inputs ------------------------------------------------------------------
 
     def receive(

@@ -49,3 +49,57 @@ async def test_underlay_address_change_is_announced_and_traffic_resumes(
             return "underlay changed; announced endpoints" in mover.log_path.read_text()
 
         await wait_for(announced, 10, "the moved node to announce its new endpoints")
+
+
+async def test_a_node_that_moves_behind_a_nat_is_reached_through_it(
+    run_prefix: str, tmp_path: Path
+) -> None:
+    async with Lab(f"{run_prefix[:6]}an", hosts=4) as lab:
+        mesh = MeshLab(lab, tmp_path)
+        nodes = [mesh.add_node(i, seeds=[0] if i else []) for i in range(4)]
+        await mesh.start_mesh(nodes, within=40)
+
+        mover, others = nodes[3], nodes[:3]
+        nat = await lab.move_behind_nat(mover.host.index)
+        # It now announces private addresses nobody can reach. The others learn the NAT's
+        # public address from its own packets (WireGuard roaming) and keep it.
+        public = {f"[{nat.public_v6.ip}]", str(nat.public_v4.ip)}
+        assert await mover.host.ping(str(others[0].host.underlay_v6.ip))  # out through the NAT
+        assert not await others[0].host.ping(str(mover.host.underlay_v6.ip))  # never in
+
+        async def peers_use_the_nat() -> bool:
+            for n in others:
+                status = await n.status()
+                peer = next(
+                    p for p in (status or {"peers": []})["peers"] if p["name"] == mover.name
+                )
+                if (peer["endpoint"] or "").rsplit(":", 1)[0] not in public:
+                    return False
+            return True
+
+        await wait_for(peers_use_the_nat, 15, "peers to reach the moved node through its NAT")
+        assert await mesh.unreachable_pairs(nodes) == []
+        for n in nodes:
+            status = await n.status()
+            assert status is not None
+            assert {p["name"]: p["state"] for p in status["peers"]} == {
+                o.name: "alive" for o in nodes if o is not n
+            }
+        assert "declared dead" not in "".join(n.log_path.read_text() for n in nodes)
+
+        # Back onto the LAN: announced endpoints are reachable again, and are used.
+        await lab.leave_nat(mover.host.index)
+        home = f"[{mover.host.underlay_v6.ip}]:51820"
+
+        async def peers_use_its_address() -> bool:
+            for n in others:
+                status = await n.status()
+                peer = next(
+                    p for p in (status or {"peers": []})["peers"] if p["name"] == mover.name
+                )
+                if peer["endpoint"] != home:
+                    return False
+            return True
+
+        await wait_for(peers_use_its_address, 15, "peers to use its LAN address again")
+        assert await mesh.unreachable_pairs(nodes) == []

@@ -27,8 +27,21 @@ def test_stale_handshake_walks_the_announced_list() -> None:
 
 def test_new_announcement_restarts_with_its_best_endpoint() -> None:
     c = EndpointChoice()
+    c.update((E1,), 1.0, E1, now=0)
+    assert c.update((E2,), 1.0, E1, now=1) == E2  # the peer moved: use its new address now
+
+
+def test_an_endpoint_the_peer_never_announced_survives_its_new_announcement() -> None:
+    c = EndpointChoice()
+    c.update((E1,), None, None, now=0)
+    assert c.update((E1,), 1.0, NAT, now=1) == NAT  # roamed: the peer is behind a NAT
+    # It moves to another private network behind the same NAT: what it announces cannot be
+    # reached, the NAT still can.
+    assert c.update((E2,), 1.0, NAT, now=2) == NAT
+    # Without a fresh handshake the roamed address proves nothing.
+    c = EndpointChoice()
     c.update((E1,), 1.0, NAT, now=0)
-    assert c.update((E2,), 1.0, NAT, now=1) == E2  # the peer moved: use its new address now
+    assert c.update((E2,), 300.0, NAT, now=1) == E2
 
 
 def test_only_the_smaller_key_initiates_to_a_new_peer_at_once() -> None:
