@@ -643,3 +643,17 @@ def test_a_member_that_just_became_live_is_not_probed_before_its_tunnel_can_be_u
         t += config.probe_interval / 2
     # Its evidence is due at first_probe_after: probed within a cycle from then, not before.
     assert pinged_at and config.first_probe_after <= pinged_at[0] < config.first_probe_after + cycle
+
+
+def test_after_moving_a_node_tells_every_member_through_the_tunnel() -> None:
+    lab = Lab(4)
+    a, *_ = lab.converged(4)
+    a.datagrams_to_send()
+    new = a.update_self(NOW + 1, endpoints=[("192.168.3.2", 51820)])
+    a.datagrams_to_send()  # the ordinary (eager) gossip of the update
+    a.tell_members()
+    sent = a.datagrams_to_send()
+    assert sorted(t.destination[0] for t in sent) == sorted(lab.host(i).overlay for i in (1, 2, 3))
+    for t in sent:
+        assert t.channel is Channel.OVERLAY
+        assert wire.decode(t.data, t.channel) == Gossip((AnnounceItem(new.raw),))
