@@ -1,6 +1,7 @@
-"""Measuring pieces the real-process benchmarks share (`bench join`, `bench compare`): process
-memory and CPU from /proc, underlay interface counters, a fine-grained ping, the summary of
-repeated runs and the machine description. Not a benchmark itself (the leading underscore keeps
+"""Measuring pieces the real-process benchmarks share (`bench join`, `bench compare`, `bench
+faults`): process memory and CPU from /proc, underlay interface counters, a fine-grained ping,
+membership events read from a node's own log, the summary of repeated runs and the machine
+description. Not a benchmark itself (the leading underscore keeps
 it out of `python -m bench`'s list).
 """
 
@@ -11,9 +12,11 @@ import json
 import math
 import os
 import platform
+import re
 import signal
 import statistics
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +113,49 @@ def cancel_on_signals() -> None:
     assert current is not None
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, current.cancel)
+
+
+class EventRecord:
+    """A node's own record of membership events, read incrementally: (state, member name) ->
+    wall-clock time it was first recorded."""
+
+    def __init__(self, path: Path, pattern: re.Pattern[str], states: dict[str, str]) -> None:
+        self.path = path
+        self.pattern = pattern
+        self.states = states
+        self.first: dict[tuple[str, str], float] = {}
+        self._offset = 0
+        self._partial = b""
+
+    def seen(self, state: str, name: str) -> float | None:
+        self._read()
+        return self.first.get((state, name))
+
+    def _read(self) -> None:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        self._offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for line in lines:
+            m = self.pattern.search(line.decode(errors="replace"))
+            if m is None:
+                continue
+            key = (self.states[m["event"]], m["name"])
+            self.first.setdefault(key, _wall_time(m["time"]))
+
+
+def _wall_time(stamp: str) -> float:
+    if stamp.endswith("Z"):  # meshd's log: 2026-11-23T12:09:14.123Z
+        return datetime.fromisoformat(stamp[:-1] + "+00:00").timestamp()
+    return float(stamp)  # the Serf handler's `date +%s.%N`
+
+
+MESHD_EVENTS = re.compile(
+    r"^(?P<time>\S+Z) .*: peer (?P<name>\S+) (?P<event>joined|declared dead|left)"
+)
+MESHD_STATES = {"joined": "alive", "declared dead": "dead", "left": "left"}
+"""The member state each of meshd's event log lines puts a member in."""

@@ -61,11 +61,13 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from bench._measure import (
+    MESHD_EVENTS,
+    MESHD_STATES,
+    EventRecord,
     cancel_on_signals,
     cpu_seconds,
     descendants_named,
@@ -121,48 +123,6 @@ START_WITHIN = 120.0
 ALIVE, DEAD, LEFT = "alive", "dead", "left"
 
 
-class EventRecord:
-    """A node's own record of membership events, read incrementally: (state, member name) ->
-    wall-clock time it was first recorded."""
-
-    def __init__(self, path: Path, pattern: re.Pattern[str], states: dict[str, str]) -> None:
-        self.path = path
-        self.pattern = pattern
-        self.states = states
-        self.first: dict[tuple[str, str], float] = {}
-        self._offset = 0
-        self._partial = b""
-
-    def seen(self, state: str, name: str) -> float | None:
-        self._read()
-        return self.first.get((state, name))
-
-    def _read(self) -> None:
-        try:
-            with self.path.open("rb") as f:
-                f.seek(self._offset)
-                data = f.read()
-        except FileNotFoundError:
-            return
-        self._offset += len(data)
-        *lines, self._partial = (self._partial + data).split(b"\n")
-        for line in lines:
-            m = self.pattern.search(line.decode(errors="replace"))
-            if m is None:
-                continue
-            key = (self.states[m["event"]], m["name"])
-            self.first.setdefault(key, _wall_time(m["time"]))
-
-
-def _wall_time(stamp: str) -> float:
-    if stamp.endswith("Z"):  # meshd's log: 2026-11-23T12:09:14.123Z
-        return datetime.fromisoformat(stamp[:-1] + "+00:00").timestamp()
-    return float(stamp)  # the Serf handler's `date +%s.%N`
-
-
-MESHD_EVENTS = re.compile(
-    r"^(?P<time>\S+Z) .*: peer (?P<name>\S+) (?P<event>joined|declared dead|left)"
-)
 SERF_EVENTS = re.compile(r"^(?P<time>[0-9.]+) (?P<event>member-\w+) (?P<name>\S+)$")
 
 # Appends "time event member" for every member of an event (Serf passes them on stdin, one per
@@ -226,9 +186,7 @@ class Meshd:
     def agent(self, node: MeshdNode) -> Agent:
         """The agent of a started meshd."""
         assert node.proc is not None
-        record = EventRecord(
-            node.log_path, MESHD_EVENTS, {"joined": ALIVE, "declared dead": DEAD, "left": LEFT}
-        )
+        record = EventRecord(node.log_path, MESHD_EVENTS, MESHD_STATES)
         return Agent(node.name, node.host, node.proc, record, node)
 
     async def start(self, host: LabHost, name: str, seed: LabHost | None) -> Agent:
