@@ -59,6 +59,7 @@ from meshd.core.endpoints import (
     STALE_HANDSHAKE_S,
     EndpointChoice,
     first_endpoint,
+    preferred_order,
 )
 from meshd.core.errors import MeshError, Reject, RemoteProtocolError
 from meshd.core.identity import WireGuardKey, key_id
@@ -151,6 +152,9 @@ class Daemon:
         self._endpoint_choice: dict[bytes, EndpointChoice] = {}
         self._recompute_timer: asyncio.TimerHandle | None = None
         self._read_before_apply = False
+        self._local_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+        """Networks of our underlay addresses (`own_endpoints`): peers' endpoints on them are
+        tried first (`preferred_order`)."""
         self._gateways: dict[Prefix, Held] = {}
         """Advertised prefix -> the member we route it through, since when (for stability)."""
         self._refused: dict[Prefix, str] = {}
@@ -231,15 +235,18 @@ class Daemon:
         return peers, revocations
 
     async def own_endpoints(self) -> list[tuple[str, int]]:
+        """Our endpoints (configured, or our underlay addresses); also notes the networks we
+        are on, which decide the order in which peers' endpoints are tried."""
+        mesh = ipaddress.ip_network(self.node.cert.addresses[0] + "/48", strict=False)
+        underlay = [
+            iface
+            for iface in await underlay_addresses({self.config.interface})
+            if iface.ip not in mesh
+        ]
+        self._local_networks = tuple(iface.network for iface in underlay)
         if self.config.endpoints:
             return [split_host_port(e, "endpoints") for e in self.config.endpoints]
-        mesh = ipaddress.ip_network(self.node.cert.addresses[0] + "/48", strict=False)
-        out = []
-        for addr in await underlay_addresses({self.config.interface}):
-            ip = ipaddress.ip_address(addr)
-            if ip in mesh or ip.is_loopback or ip.is_link_local or ip.is_multicast:
-                continue
-            out.append((str(ip), self.config.listen_port))
+        out = [(str(iface.ip), self.config.listen_port) for iface in underlay]
         # IPv6 first: no NAT in the way on most networks.
         out.sort(key=lambda e: ipaddress.ip_address(e[0]).version == 4)
         return out[:8]
@@ -281,13 +288,18 @@ class Daemon:
             task.add_done_callback(self._side_tasks.discard)
 
     async def _reannounce(self) -> None:
-        """Our underlay addresses changed: sign an announcement with the new endpoints and send
-        it to every member through the tunnel, so that peers switch at once (by the
-        announcement, and by WireGuard's roaming when we are behind a NAT)."""
+        """Our underlay addresses changed: set every peer's endpoint again (drops WireGuard's
+        cached source address), sign an announcement with the new endpoints and send it to
+        every member through the tunnel, so that peers switch at once (by the announcement,
+        and by WireGuard's roaming when we are behind a NAT)."""
         if self.core is None or self._left:
             return
         endpoints = await self.own_endpoints()
         if tuple(endpoints) == self.core.announcement.endpoints:
+            return
+        if self.reconciler is not None:
+            await self.reconciler.resend_endpoints()  # before tell_members' packets leave
+        if self.core is None or self._left:
             return
         self.core.update_self(self.clock(), endpoints=endpoints)
         self.core.tell_members()
@@ -632,7 +644,7 @@ class Daemon:
             stats = self._peer_status(wg_key)
             choice = self._endpoint_choice.setdefault(ann.node_id, EndpointChoice())
             endpoint = choice.update(
-                ann.endpoints,
+                preferred_order(ann.endpoints, self._local_networks),
                 _handshake_age(stats, now),
                 stats.peer.endpoint if stats else None,
                 now,
@@ -678,6 +690,12 @@ class Daemon:
     def _wireguard_exited(self, ifname: str) -> None:
         log.warning("wireguard-go for %s exited; restarting it and re-applying state", ifname)
         if self.reconciler is not None:
+            # The new wireguard-go knows no endpoint WireGuard had learnt: every peer gets its
+            # announced one again (a fresh choice; the old handshakes are gone with it).
+            self.reconciler.peer_status = {}
+            self._endpoint_choice.clear()
+            if self.core is not None and self.dataplane is not None:
+                self._update_desired()
             self.reconciler.trigger()
 
     def _recompute_soon(self, delay: float) -> None:

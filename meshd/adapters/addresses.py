@@ -11,14 +11,17 @@ ARPHRD_NONE = 0xFFFE
 Tailscale, Nebula, OpenVPN in tun mode."""
 
 
-async def underlay_addresses(exclude_interfaces: set[str], netns: str | None = None) -> list[str]:
-    """Global and unique-local addresses of interfaces that are up, except `exclude_interfaces`
+async def underlay_addresses(
+    exclude_interfaces: set[str], netns: str | None = None
+) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
+    """Global and unique-local addresses (with their prefix length, which says which peers are
+    on the same link) of interfaces that are up, except `exclude_interfaces`
     (the mesh interface), loopback and tunnels (an endpoint inside another VPN would carry the
     mesh through that VPN's tunnel, and vanish with it; an operator who wants that sets
     `endpoints`); link-local addresses can't be endpoints across links.
     (pyroute2's synchronous IPRoute runs an event loop of its own and cannot be used inside
     ours, hence the async socket.)"""
-    out: list[str] = []
+    out: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = []
     ipr = open_iproute(netns)
     try:
         links = [m async for m in await ipr.link("dump")]
@@ -37,8 +40,9 @@ async def underlay_addresses(exclude_interfaces: set[str], netns: str | None = N
             ip = ipaddress.ip_address(text)
             if ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified:
                 continue
-            if str(ip) not in out:
-                out.append(str(ip))
+            iface = ipaddress.ip_interface(f"{ip}/{msg['prefixlen']}")
+            if iface not in out:
+                out.append(iface)
     finally:
         ipr.close()
     return out

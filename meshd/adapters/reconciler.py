@@ -66,6 +66,7 @@ from meshd.core.wgplan import (
     SetMtu,
     WgOp,
     plan,
+    resend_endpoints,
 )
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ class Reconciler:
         self._ipr: IPRoute | None = None
         self._route_sock: socket.socket | None = None
         self._lock = asyncio.Lock()
+        self._resend_endpoints = False
 
     # --- public API --------------------------------------------------------------------------
 
@@ -133,6 +135,19 @@ class Reconciler:
         """Replace the desired state and schedule a pass."""
         self.desired = desired
         self.trigger()
+
+    async def resend_endpoints(self) -> None:
+        """A pass now that also sets every peer's endpoint again, although it did not change:
+        after our underlay address changed (`wgplan.resend_endpoints`). A failed pass leaves
+        it to the next one."""
+        self._resend_endpoints = True
+        if self.desired is None:
+            return
+        try:
+            await self.apply()
+        except (MeshError, NetlinkError, OSError) as exc:
+            log.warning("setting the endpoints of %s again: %s", self.desired.name, exc)
+            self.trigger()
 
     def trigger(self) -> None:
         """Schedule a pass soon (cheap; calls are coalesced)."""
@@ -149,6 +164,9 @@ class Reconciler:
             want = self.desired
             actual, status = await self.read_actual(want.name)
             ops = plan(want, actual)
+            if self._resend_endpoints:
+                self._resend_endpoints = False
+                ops += resend_endpoints(want.device, actual.device if actual else None, ops)
             if actual is None and status is not None:
                 # The link is gone but the backend still answers (wireguard-go outliving its
                 # tun): start from scratch.

@@ -22,6 +22,7 @@ The module is pure (no I/O, no clock); the adapters in `meshd.adapters` execute 
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import itertools
 from dataclasses import dataclass, field
@@ -307,6 +308,27 @@ def plan_device(desired: WgDevice, actual: WgDevice | None) -> list[WgOp]:
     # is added, prefix by prefix, so no packet meets a moment without a route.
     ops.extend(RemovePeer(k) for k in sorted(have.keys() - want.keys()))
     return ops
+
+
+def resend_endpoints(desired: WgDevice, actual: WgDevice | None, ops: list[Op]) -> list[WgOp]:
+    """An endpoint update, to the same address, of every peer that has one and that `ops` do
+    not already add or update. After our own underlay address changed, an implementation may
+    keep sending with the source address it cached for the peer (wireguard-go over IPv4 did:
+    behind a new NAT nothing left the host until the endpoint was set again); setting the
+    endpoint drops the cache. The desired endpoint where there is one, else the actual one."""
+    if actual is None:
+        return []
+    touched = {op.peer.public_key for op in ops if isinstance(op, AddPeer | UpdatePeer)}
+    have = actual.peer_map()
+    out: list[WgOp] = []
+    for key, peer in sorted(desired.peer_map().items()):
+        current = have.get(key)
+        if key in touched or current is None:
+            continue
+        endpoint = peer.endpoint or current.endpoint
+        if endpoint is not None:
+            out.append(UpdatePeer(dataclasses.replace(peer, endpoint=endpoint), False))
+    return out
 
 
 def plan(desired: MeshInterface, actual: MeshInterface | None) -> list[Op]:

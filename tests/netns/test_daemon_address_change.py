@@ -35,7 +35,8 @@ async def test_underlay_address_change_is_announced_and_traffic_resumes(
                 peer = next(
                     p for p in (status or {"peers": []})["peers"] if p["name"] == mover.name
                 )
-                if peer["endpoint"] != f"[{new_v6.ip}]:51820":
+                # On a shared LAN peers prefer IPv4 (core/endpoints.py `preferred_order`).
+                if peer["endpoint"] != f"{new_v4.ip}:51820":
                     return False
             return True
 
@@ -79,17 +80,14 @@ async def test_a_node_that_moves_behind_a_nat_is_reached_through_it(
 
         await wait_for(peers_use_the_nat, 15, "peers to reach the moved node through its NAT")
         assert await mesh.unreachable_pairs(nodes) == []
-        for n in nodes:
-            status = await n.status()
-            assert status is not None
-            assert {p["name"]: p["state"] for p in status["peers"]} == {
-                o.name: "alive" for o in nodes if o is not n
-            }
+        # A probe in flight while the link moved is lost and may raise a suspicion; it is
+        # refuted, and nobody is declared dead.
+        await mesh.wait_full_mesh(nodes, within=15)
         assert "declared dead" not in "".join(n.log_path.read_text() for n in nodes)
 
         # Back onto the LAN: announced endpoints are reachable again, and are used.
         await lab.leave_nat(mover.host.index)
-        home = f"[{mover.host.underlay_v6.ip}]:51820"
+        home = f"{mover.host.underlay_v4.ip}:51820"
 
         async def peers_use_its_address() -> bool:
             for n in others:

@@ -31,7 +31,8 @@ async def test_seed_moves_and_a_new_node_joins_by_its_name(run_prefix: str, tmp_
 
         old = seed_host.underlay_v6.ip
         new_v6 = ipaddress.IPv6Interface(f"{old + 0x100}/64")
-        await seed_host.set_underlay(v6=new_v6)
+        new_v4 = ipaddress.IPv4Interface(f"{seed_host.underlay_v4.ip + 100}/24")
+        await seed_host.set_underlay(v6=new_v6, v4=new_v4)
         await dns.set("seed.lab", [str(new_v6.ip)])
         await mesh.start(newcomer)
         await mesh.wait_full_mesh(nodes, within=40)
@@ -44,7 +45,8 @@ async def test_seed_moves_and_a_new_node_joins_by_its_name(run_prefix: str, tmp_
             for n in nodes[1:]:
                 status = await n.status()
                 peer = next(p for p in (status or {"peers": []})["peers"] if p["name"] == seed.name)
-                if peer["endpoint"] != f"[{new_v6.ip}]:51820":
+                # On a shared LAN peers prefer IPv4 (core/endpoints.py `preferred_order`).
+                if peer["endpoint"] != f"{new_v4.ip}:51820":
                     return False
             return True
 

@@ -155,4 +155,4 @@ async def test_underlay_addresses_skip_the_mesh_interface_and_other_tunnels(lab3
     await host.run("ip", "addr", "add", "192.0.2.7/24", "dev", "lan1")
     await host.run("ip", "link", "set", "dev", "lan1", "up")
     found = await underlay_addresses({"mesh0"}, host.netns)
-    assert set(found) == {str(host.underlay_v6.ip), str(host.underlay_v4.ip), "192.0.2.7"}
+    assert set(map(str, found)) == {str(host.underlay_v6), str(host.underlay_v4), "192.0.2.7/24"}

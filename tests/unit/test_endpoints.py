@@ -1,4 +1,11 @@
-from meshd.core.endpoints import FIRST_HANDSHAKE_DEFER_S, EndpointChoice, first_endpoint
+import ipaddress
+
+from meshd.core.endpoints import (
+    FIRST_HANDSHAKE_DEFER_S,
+    EndpointChoice,
+    first_endpoint,
+    preferred_order,
+)
 
 E1, E2, NAT = ("192.0.2.1", 51820), ("2001:db8::1", 51820), ("198.51.100.7", 40000)
 
@@ -8,11 +15,12 @@ def test_first_announced_endpoint_is_used_at_once() -> None:
     assert c.update((E1, E2), None, None, now=0) == E1
 
 
-def test_fresh_handshake_keeps_the_roamed_endpoint() -> None:
+def test_fresh_handshake_leaves_the_roamed_endpoint_to_wireguard() -> None:
     c = EndpointChoice()
     c.update((E1, E2), None, None, now=0)
-    assert c.update((E1, E2), 5.0, NAT, now=30) == NAT
-    assert c.update((E1, E2), 100.0, NAT, now=200) == NAT
+    # None: the plan leaves WireGuard's endpoint alone (it may roam again any moment).
+    assert c.update((E1, E2), 5.0, NAT, now=30) is None and c.current == NAT
+    assert c.update((E1, E2), 100.0, NAT, now=200) is None and c.current == NAT
 
 
 def test_stale_handshake_walks_the_announced_list() -> None:
@@ -34,10 +42,10 @@ def test_new_announcement_restarts_with_its_best_endpoint() -> None:
 def test_an_endpoint_the_peer_never_announced_survives_its_new_announcement() -> None:
     c = EndpointChoice()
     c.update((E1,), None, None, now=0)
-    assert c.update((E1,), 1.0, NAT, now=1) == NAT  # roamed: the peer is behind a NAT
+    assert c.update((E1,), 1.0, NAT, now=1) is None  # roamed: the peer is behind a NAT
     # It moves to another private network behind the same NAT: what it announces cannot be
     # reached, the NAT still can.
-    assert c.update((E2,), 1.0, NAT, now=2) == NAT
+    assert c.update((E2,), 1.0, NAT, now=2) is None and c.current == NAT
     # Without a fresh handshake the roamed address proves nothing.
     c = EndpointChoice()
     c.update((E1,), 1.0, NAT, now=0)
@@ -60,3 +68,15 @@ def test_the_choice_remembers_when_the_peer_was_first_configured() -> None:
     c.update((E1,), None, None, now=5)
     c.update((E1, E2), None, None, now=9)
     assert c.known_since == 5
+
+
+def test_endpoints_on_a_shared_link_come_first_ipv4_before_ipv6() -> None:
+    lan6, lan4 = ("fd9a:1::2", 51820), ("10.1.0.2", 51820)
+    far6, far4 = ("2001:db8:9::2", 51820), ("203.0.113.2", 51820)
+    announced = (far6, lan6, far4, lan4)
+    on_lan = (ipaddress.ip_network("fd9a:1::/64"), ipaddress.ip_network("10.1.0.0/24"))
+    assert preferred_order(announced, on_lan) == (lan4, lan6, far6, far4)
+    # Nothing shared: the peer's own order (IPv6 first).
+    assert preferred_order(announced, ()) == announced
+    # A name (a static peer's endpoint) is never on a link.
+    assert preferred_order((("seed.example", 1), lan4), on_lan) == (lan4, ("seed.example", 1))

@@ -233,3 +233,22 @@ def test_core_imports_no_io() -> None:
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module.split(".")[0])
     assert names & banned == set()
+
+
+def test_resend_endpoints_sets_each_endpoint_again_unless_the_plan_does() -> None:
+    roamed = ("198.51.100.9", 40000)
+    want = WgDevice(PRIV, 51820, (P1, dataclasses.replace(P2, endpoint=None), P3))
+    have = WgDevice(PRIV, 51820, (P1, dataclasses.replace(P2, endpoint=roamed), P3))
+    ops = wgplan.plan_device(want, have)
+    assert ops == []
+    # P1 its desired endpoint, P2 the one WireGuard learnt (desired: leave it), P3 none at all.
+    assert wgplan.resend_endpoints(want, have, list(ops)) == [
+        UpdatePeer(P1, False),
+        UpdatePeer(dataclasses.replace(P2, endpoint=roamed), False),
+    ]
+    # A peer the plan already adds or updates is not set twice.
+    update = UpdatePeer(P1, False)
+    assert wgplan.resend_endpoints(want, have, [update]) == [
+        UpdatePeer(dataclasses.replace(P2, endpoint=roamed), False)
+    ]
+    assert wgplan.resend_endpoints(want, None, []) == []
