@@ -152,6 +152,8 @@ class Daemon:
         self._endpoint_choice: dict[bytes, EndpointChoice] = {}
         self._recompute_timer: asyncio.TimerHandle | None = None
         self._read_before_apply = False
+        self._gone: set[bytes] = set()
+        """Members that died or left and have not come back (see `_went`)."""
         self._local_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
         """Networks of our underlay addresses (`own_endpoints`): peers' endpoints on them are
         tried first (`preferred_order`)."""
@@ -554,8 +556,10 @@ class Daemon:
             log.info("peer %s refuted suspicion", event.announcement.name)
         elif isinstance(event, ms.PeerDead):
             log.warning("peer %s declared dead", event.announcement.name)
+            self._went(event.announcement.node_id)
         elif isinstance(event, ms.PeerLeft):
             log.info("peer %s left", event.announcement.name)
+            self._went(event.announcement.node_id)
         elif isinstance(event, ms.RevocationAdded):
             rev = event.revocation
             self._revoked_serials.add((rev.ca_key, rev.serial))
@@ -563,6 +567,12 @@ class Daemon:
             log.warning("certificate serial %d revoked (%s)", rev.serial, rev.reason or "no reason")
             self._save_revocations()
         return True
+
+    def _went(self, node_id: bytes) -> None:
+        """Remember a member that went, so that if it comes back its first handshake has one
+        initiator (`first_endpoint`). Bounded: at worst a returning member is treated as new."""
+        if len(self._gone) < 65536:
+            self._gone.add(node_id)
 
     async def _timer_loop(self) -> None:
         assert self.core is not None
@@ -642,7 +652,11 @@ class Daemon:
                 continue
             wg_key = ann.wg_key_at(now)
             stats = self._peer_status(wg_key)
-            choice = self._endpoint_choice.setdefault(ann.node_id, EndpointChoice())
+            choice = self._endpoint_choice.get(ann.node_id)
+            if choice is None:
+                back = ann.node_id in self._gone
+                self._gone.discard(ann.node_id)
+                choice = self._endpoint_choice[ann.node_id] = EndpointChoice(back=back)
             endpoint = choice.update(
                 preferred_order(ann.endpoints, self._local_networks),
                 _handshake_age(stats, now),
@@ -653,7 +667,7 @@ class Daemon:
             allowed += routed.get(ann.node_id, [])
             assert choice.known_since is not None  # set by update()
             configured = first_endpoint(own_wg_key.public, wg_key, now - choice.known_since,
-                                        endpoint)  # fmt: skip
+                                        endpoint, choice.back)  # fmt: skip
             deferred |= configured != endpoint
             peers.append(
                 WgPeer(

@@ -1,6 +1,7 @@
 """Two real wireguard-go that configure each other at once, as two daemons that learn of each
-other from the same gossip: the tie-break of `first_endpoint` gives them a session at once or
-after its short deferral, never after WireGuard's 5 s retry (both initiating collide)."""
+other from the same gossip after a partition healed: the tie-break of `first_endpoint` gives
+them a session at once or after its short deferral, never after WireGuard's 5 s retry (both
+initiating collide)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def desired(nodes: list[Node], me: Node, known_for: float) -> MeshInterface:
         dataclasses.replace(
             p,
             persistent_keepalive=25,  # the daemon's default: initiates as soon as configured
-            endpoint=first_endpoint(me.key.public, p.public_key, known_for, p.endpoint),
+            endpoint=first_endpoint(me.key.public, p.public_key, known_for, p.endpoint, True),
         )
         for p in d.device.peers
     )

@@ -52,15 +52,17 @@ def test_an_endpoint_the_peer_never_announced_survives_its_new_announcement() ->
     assert c.update((E2,), 300.0, NAT, now=1) == E2
 
 
-def test_only_the_smaller_key_initiates_to_a_new_peer_at_once() -> None:
+def test_only_the_smaller_key_initiates_to_a_peer_that_came_back_at_once() -> None:
     small, large = bytes(32), b"\xff" * 32
     # The smaller key configures the endpoint at once, so its WireGuard initiates.
-    assert first_endpoint(small, large, 0.0, E1) == E1
+    assert first_endpoint(small, large, 0.0, E1, back=True) == E1
     # The larger key leaves it out (answers, cannot initiate) until the deferral is over ...
-    assert first_endpoint(large, small, 0.0, E1) is None
-    assert first_endpoint(large, small, FIRST_HANDSHAKE_DEFER_S - 0.01, E1) is None
+    assert first_endpoint(large, small, 0.0, E1, back=True) is None
+    assert first_endpoint(large, small, FIRST_HANDSHAKE_DEFER_S - 0.01, E1, back=True) is None
     # ... and then configures it, whatever happened meanwhile.
-    assert first_endpoint(large, small, FIRST_HANDSHAKE_DEFER_S, E1) == E1
+    assert first_endpoint(large, small, FIRST_HANDSHAKE_DEFER_S, E1, back=True) == E1
+    # A new member (a join): whoever learns of the other last initiates at once.
+    assert first_endpoint(large, small, 0.0, E1, back=False) == E1
 
 
 def test_the_choice_remembers_when_the_peer_was_first_configured() -> None:
