@@ -30,6 +30,10 @@ nat_move_resume_s     one node moves behind a NAT router (nftables masquerade, N
                       announced endpoints are unreachable now: peers must keep the address
                       WireGuard learnt from its packets. It moves back onto the LAN after
                       each run (two nodes behind two NATs cannot reach each other).
+idle_mix_per_node_s   what the first 5 non-seed hosts send in the same window, by kind: packets
+                      and bytes (IP layer) per node per second of WireGuard data (probes,
+                      gossip), WireGuard keepalives and handshakes, neighbour discovery, ARP,
+                      meshd's underlay port, other (nftables counters in each host).
 idle_bytes_per_node_s all bytes the N hosts send onto the underlay (switch port counters:
                       WireGuard-wrapped probes and gossip, handshakes, keepalives, neighbour
                       discovery) per node per second, over --idle-seconds of a converged mesh.
@@ -49,6 +53,7 @@ import ipaddress
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import sys
@@ -58,7 +63,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bench._measure import MESHD_EVENTS, MESHD_STATES, EventRecord, fast_ping
-from meshd.lab import Lab
+from meshd.config import Config
+from meshd.lab import LAB_ROOT, Lab, LabHost
 from meshd.labfaults import LabDns, SwitchFaults
 from meshd.meshlab import MESHD_PORT, MeshdNode, MeshLab
 
@@ -97,6 +103,72 @@ def others(nodes: list[MeshdNode], *excluded: MeshdNode) -> list[MeshdNode]:
     return [n for n in nodes if n not in excluded]
 
 
+MIX_HOSTS = 5
+"""Hosts whose sent traffic is broken down by kind (`TrafficMix`)."""
+
+_MIX_RULES = """table inet meshd_bench_mix {{
+  counter wireguard_keepalive {{}}
+  counter wireguard_data {{}}
+  counter wireguard_handshake {{}}
+  counter neighbour_discovery {{}}
+  counter meshd_underlay {{}}
+  counter other {{}}
+  chain out {{
+    type filter hook output priority 0; policy accept;
+    oifname != "eth0" accept
+    udp sport {wg} @th,64,8 4 udp length 40 counter name wireguard_keepalive accept
+    udp sport {wg} @th,64,8 4 counter name wireguard_data accept
+    udp sport {wg} counter name wireguard_handshake accept
+    icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit }} \
+      counter name neighbour_discovery accept
+    udp sport {meshd} counter name meshd_underlay accept
+    udp dport {meshd} counter name meshd_underlay accept
+    counter name other accept
+  }}
+}}
+table arp meshd_bench_mix {{
+  counter arp_frames {{}}
+  chain out {{
+    type filter hook output priority 0; policy accept;
+    counter name arp_frames
+  }}
+}}
+"""
+
+
+class TrafficMix:
+    """What a few hosts send on their underlay, by kind, from nftables counters in each host
+    (bytes at the IP layer; ARP frames without Ethernet padding): WireGuard data (meshd's
+    probes and gossip), WireGuard keepalives (32-byte transport messages) and handshakes,
+    neighbour discovery and ARP (the kernel re-confirming each peer's address), meshd's
+    underlay join port, other."""
+
+    def __init__(self, hosts: list[LabHost]) -> None:
+        self.hosts = hosts
+
+    async def install(self) -> None:
+        # MeshLab keeps meshd's default WireGuard port.
+        rules = _MIX_RULES.format(wg=Config().listen_port, meshd=MESHD_PORT)
+        for h in self.hosts:
+            path = LAB_ROOT / h.netns / "mix.nft"
+            path.write_text(rules)
+            await h.run("nft", "-f", str(path))
+
+    async def read(self) -> dict[str, tuple[int, int]]:
+        """Kind -> (packets, bytes), summed over the hosts."""
+        total: dict[str, tuple[int, int]] = {}
+        for h in self.hosts:
+            for family in ("inet", "arp"):
+                r = await h.run("nft", "-j", "list", "counters", "table", family,
+                                "meshd_bench_mix")  # fmt: skip
+                for obj in json.loads(r.stdout)["nftables"]:
+                    if "counter" in obj:
+                        c = obj["counter"]
+                        p, b = total.get(c["name"], (0, 0))
+                        total[c["name"]] = (p + c["packets"], b + c["bytes"])
+        return total
+
+
 class FaultBench:
     def __init__(self, lab: Lab, mesh: MeshLab, nodes: list[MeshdNode]) -> None:
         self.lab = lab
@@ -106,15 +178,31 @@ class FaultBench:
         self.moves = 0
         self.leave_seen: list[float] = []
 
-    async def idle_bytes(self, seconds: float) -> float:
+    async def idle(self, seconds: float) -> dict[str, object]:
+        """idle_bytes_per_node_s, and idle_mix_per_node_s: packets and bytes per second per
+        node of each kind (`TrafficMix`) on the first MIX_HOSTS non-seed hosts."""
+        mix = TrafficMix([n.host for n in self.nodes[1 : 1 + MIX_HOSTS]])
+        await mix.install()
         await asyncio.sleep(3)  # let the join traffic of a fresh mesh pass
         hosts = [n.host.index for n in self.nodes]
-        before = await self.faults.sent_bytes()
+        before, kinds_before = await self.faults.sent_bytes(), await mix.read()
         t = time.monotonic()
         await asyncio.sleep(seconds)
-        after = await self.faults.sent_bytes()
+        after, kinds_after = await self.faults.sent_bytes(), await mix.read()
         elapsed = time.monotonic() - t
-        return sum(after[i] - before[i] for i in hosts) / len(hosts) / elapsed
+        per_node = len(mix.hosts) * elapsed
+        return {
+            "idle_bytes_per_node_s": round(
+                sum(after[i] - before[i] for i in hosts) / len(hosts) / elapsed, 1
+            ),
+            "idle_mix_per_node_s": {
+                kind: {
+                    "packets": round((p - kinds_before[kind][0]) / per_node, 2),
+                    "bytes": round((b - kinds_before[kind][1]) / per_node, 1),
+                }
+                for kind, (p, b) in sorted(kinds_after.items())
+            },
+        }
 
     async def crash(self, victim: MeshdNode, how: signal.Signals) -> float:
         """Seconds until every other node dropped `victim` from WireGuard (and, for a leave,
@@ -218,11 +306,21 @@ class FaultBench:
         return time.monotonic() - t0
 
 
+def save_logs(nodes: list[MeshdNode], directory: Path) -> None:
+    """Every node's daemon log (debug level) as DIRECTORY/NAME.log."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for node in nodes:
+        if node.log_path.exists():
+            shutil.copyfile(node.log_path, directory / f"{node.name}.log")
+
+
 def summary(name: str, runs: list[float]) -> dict[str, object]:
     return {name: round(statistics.median(runs), 3), f"{name}_runs": [round(x, 3) for x in runs]}
 
 
-async def run(nodes: int, repeat: int, idle_seconds: float) -> dict[str, object]:
+async def run(
+    nodes: int, repeat: int, idle_seconds: float, keep_logs: Path | None = None
+) -> dict[str, object]:
     if nodes < 4:
         raise ValueError("bench faults needs at least 4 nodes (a 50/50 partition of 2+2)")
     prefix = f"bf{os.getpid() % 100000:05d}"[:8]
@@ -238,7 +336,7 @@ async def run(nodes: int, repeat: int, idle_seconds: float) -> dict[str, object]
             spare = lab.hosts[nodes]
             dns.use(spare)
             figures: dict[str, object] = {"nodes": nodes, "repeat": repeat}
-            figures["idle_bytes_per_node_s"] = round(await bench.idle_bytes(idle_seconds), 1)
+            figures |= await bench.idle(idle_seconds)
             # Victims and movers rotate through the non-seed nodes.
             pick = [members[1 + r % (nodes - 1)] for r in range(repeat)]
 
@@ -256,16 +354,30 @@ async def run(nodes: int, repeat: int, idle_seconds: float) -> dict[str, object]
                 ("partition_heal_s", lambda r: bench.partition()),
                 ("nat_move_resume_s", lambda r: bench.nat_move(pick[r])),
             ]
-            for key, measure in phases:
-                # A phase that times out leaves the mesh unhealthy: report what was measured
-                # up to there (the failure under "failed") rather than nothing.
-                try:
-                    figures |= summary(key, [await measure(r) for r in range(repeat)])
-                    if key == "leave_removed_all_s":
-                        figures |= summary("leave_all_s", bench.leave_seen)
-                except TimeoutError as exc:
-                    figures["failed"] = f"{key}: {exc}"
-                    break
+
+            async def timed(key: str, r: int, measure: Callable[[int], Awaitable[float]]) -> float:
+                # Wall-clock start on stderr: an outlier can be found in the kept logs.
+                started = time.strftime("%H:%M:%S")
+                took = await measure(r)
+                print(f"bench faults: {key} run {r + 1}: started {started}, {took:.2f} s",
+                      file=sys.stderr)  # fmt: skip
+                return took
+
+            try:
+                for key, measure in phases:
+                    # A phase that times out leaves the mesh unhealthy: report what was
+                    # measured up to there (the failure under "failed") rather than nothing.
+                    try:
+                        figures |= summary(key, [await timed(key, r, measure)
+                                                 for r in range(repeat)])  # fmt: skip
+                        if key == "leave_removed_all_s":
+                            figures |= summary("leave_all_s", bench.leave_seen)
+                    except TimeoutError as exc:
+                        figures["failed"] = f"{key}: {exc}"
+                        break
+            finally:
+                if keep_logs is not None:
+                    save_logs(members, keep_logs)
             figures["membership_preset"] = mesh.membership
     figures["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, {platform.release()}"
     return figures
@@ -283,12 +395,15 @@ def main(argv: list[str]) -> int:
         "--idle-seconds", type=float, default=30.0, help="idle traffic measuring window"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--keep-logs", type=Path, metavar="DIR", help="copy every daemon's log into DIR at the end"
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench faults: needs root (network namespaces)", file=sys.stderr)
         return 2
     try:
-        result = asyncio.run(run(args.nodes, args.repeat, args.idle_seconds))
+        result = asyncio.run(run(args.nodes, args.repeat, args.idle_seconds, args.keep_logs))
     except ValueError as exc:
         print(f"bench faults: {exc}", file=sys.stderr)
         return 2
