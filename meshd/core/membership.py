@@ -118,6 +118,9 @@ from meshd.core.wire import (
 Address = tuple[str, int]
 _LIVE = (MemberState.ALIVE, MemberState.SUSPECT)
 
+_SENT_KEY = {channel: f"sent.{channel}" for channel in Channel}
+"""Counter name per channel (formatting an enum on every datagram shows in simulations)."""
+
 _RECONNECT_ALL_MAX = 32
 """Members a node that was declared dead asks at once (`_reconnect_all`). Enough that every node
 of the other side of a 50/50 split of 1,000 is asked by about 32 nodes; few enough that a node
@@ -715,20 +718,21 @@ class MeshNode:
     def _send(self, destination: Address, data: bytes, channel: Channel) -> None:
         self.stats["sent_msgs"] += 1
         self.stats["sent_bytes"] += len(data)
-        self.stats[f"sent.{channel}"] += 1
+        self.stats[_SENT_KEY[channel]] += 1
         self._out.append(Transmit(destination, data, channel))
 
     def _send_piggybacked(
         self, destination: Address, make: Callable[[tuple[Item, ...]], wire.Message],
         first: tuple[Item, ...] = (),
     ) -> None:  # fmt: skip
-        base = len(wire.encode(make(first)))
-        items = first
+        data = wire.encode(make(first))
         if len(self._queue):
             # 2 bytes: the item array header may grow from 1 to 3 bytes.
-            budget = self.config.max_datagram - base - 2
-            items = first + tuple(self._queue.take(budget, max_count=wire.MAX_ITEMS - len(first)))
-        self._send(destination, wire.encode(make(items)), Channel.OVERLAY)
+            budget = self.config.max_datagram - len(data) - 2
+            taken = self._queue.take(budget, max_count=wire.MAX_ITEMS - len(first))
+            if taken:
+                data = wire.encode(make(first + tuple(taken)))
+        self._send(destination, data, Channel.OVERLAY)
 
     def _random_live(self, k: int, exclude: set[bytes]) -> list[bytes]:
         if k <= 0 or not self._live:

@@ -219,7 +219,7 @@ class SimNet:
         st = self.stats
         st.sent_msgs += 1
         st.sent_bytes += len(data)
-        st.by_channel[ch.value] += 1
+        st.by_channel[ch] += 1  # a StrEnum: counts under its string value
         j = self._by_addr.get(dest[0])
         if j is None:
             st.lost += 1
