@@ -403,8 +403,6 @@ class MeshNode:
         self._next_probe = now + stagger * config.probe_interval
         self._next_gossip = now + stagger * config.gossip_interval
         self._next_push_pull = now + (0.5 + stagger) * config.push_pull_interval
-        self._regular_push_pull: float | None = None
-        """While a state check is brought forward (`_sync_soon`): when it was due."""
         self._next_reconnect = now + (0.5 + stagger) * config.reconnect_interval
         self._next_reap = now + min(1.0, config.tombstone_ttl / 10)
 
@@ -610,7 +608,6 @@ class MeshNode:
             if len(self._queue):
                 self._gossip_round()
         if now >= self._next_push_pull:
-            self._regular_push_pull = None
             self._next_push_pull = now + cfg.push_pull_interval * (0.75 + 0.5 * self._rng.random())
             if self._live and not self._left:
                 target = self._members[self._rng.choice(self._live)]
@@ -839,13 +836,9 @@ class MeshNode:
         LAN) instead of waiting up to the whole interval: a node starved long enough to be
         declared dead during a scale-out learnt the newcomers 27-39 s late. Random, so that
         the refuters of a healed partition spread their exchanges instead of starting them at
-        once. A full exchange before then (the answer to a reconnect starts one) cancels it,
-        so a heal that syncs anyway does no extra work."""
+        once; each of them would exchange within the interval anyway."""
         soon = now + self._rng.random() * self.config.push_pull_interval / 8
-        if soon < self._next_push_pull:
-            if self._regular_push_pull is None:
-                self._regular_push_pull = self._next_push_pull
-            self._next_push_pull = soon
+        self._next_push_pull = min(self._next_push_pull, soon)
 
     # --- dispatch ----------------------------------------------------------------------------
 
@@ -1411,7 +1404,6 @@ class MeshNode:
     ) -> tuple[list[bytes], bool]:
         """Apply what a peer's digest says; return (announcements it lacks, whether we lack
         something it has)."""
-        self._caught_up()
         remote: dict[bytes, DigestEntry] = {}
         lack = False
         for e in digest:
@@ -1481,13 +1473,7 @@ class MeshNode:
         )
         self._send(peer.address, wire.encode(reply), Channel.STREAM)
 
-    def _caught_up(self) -> None:
-        """A full exchange happened: no early state check any more (`_sync_soon`)."""
-        if self._regular_push_pull is not None:
-            self._next_push_pull, self._regular_push_pull = self._regular_push_pull, None
-
     def _on_push_pull_reply(self, msg: wire.PushPullReply, sender: bytes, now: float) -> None:
-        self._caught_up()
         why = _Why.BOOTSTRAP if sender in self._bootstrap_from else _Why.GOSSIP
         self._bootstrap_from.discard(sender)
         source = self._members[sender].address

@@ -688,24 +688,3 @@ def test_a_node_that_refutes_its_death_catches_up_by_push_pull_soon() -> None:
             core.handle_timer(t)
         lab.deliver(t)
     assert [e.announcement.node_id for e in a.events() if isinstance(e, PeerJoined)] == [d.node_id]
-
-
-def test_a_full_exchange_after_the_refutation_cancels_the_early_state_check() -> None:
-    lab = Lab(3)
-    a, b, _c = lab.converged(3)
-    a.datagrams_to_send()
-    claim = DeadItem(a.node_id, a.announcement.version, b.node_id)
-    a.receive(gossip(claim), lab.source_of(1, Channel.OVERLAY), NOW + 0.1)
-    a.datagrams_to_send()
-    # b starts a full exchange (as after answering a's reconnect): a has caught up.
-    request = wire.PushPullRequest(b.state_hash(), b.digest())
-    a.receive(wire.encode(request), (lab.host(1).overlay, 50000), NOW + 0.15, Channel.STREAM)
-    a.datagrams_to_send()
-    # No state check within the eighth of the interval (its regular one is later).
-    t = NOW + 0.15
-    sent: list[object] = []
-    while t < NOW + 0.1 + lab.config.push_pull_interval / 8:
-        t += 0.01
-        a.handle_timer(t)
-        sent += [wire.decode(x.data, x.channel) for x in a.datagrams_to_send()]
-    assert [m for m in sent if isinstance(m, wire.StateCheck)] == []
