@@ -53,8 +53,7 @@ Timers (all driven by `handle_timer(now)`; `get_timer()` gives the next deadline
 * reconnect, every `reconnect_interval`: a join request over the underlay to one random DEAD
   member (and to the seeds when no member is alive). Dead members are unreachable in the
   tunnel, so without this a 50/50 partition would stay split forever (as in wesher). A node
-  that refutes its own death asks its DEAD members at once (`_reconnect_all`) and brings its
-  next push-pull forward (`_sync_soon`): nobody gossiped to it while it was held dead.
+  that refutes its own death asks its DEAD members at once (`_reconnect_all`).
 * join retries and tombstone expiry.
 
 Local health (Lifeguard IV-A): a score in [0, awareness_max - 1], +1 for a failed probe whose
@@ -827,18 +826,6 @@ class MeshNode:
         self._resign(now, at_least=claimed_version + 1)
         if declared_dead:
             self._reconnect_all(now)
-            self._sync_soon(now)
-
-    def _sync_soon(self, now: float) -> None:
-        """We were held dead, so nobody gossiped to us: whatever happened meanwhile (members
-        that joined, moved or left) we only learn by push-pull. Bring the next state check
-        forward to a random moment of the next eighth of `push_pull_interval` (under 4 s on a
-        LAN) instead of waiting up to the whole interval: a node starved long enough to be
-        declared dead during a scale-out learnt the newcomers 27-39 s late. Random, so that
-        the refuters of a healed partition spread their exchanges instead of starting them at
-        once; each of them would exchange within the interval anyway."""
-        soon = now + self._rng.random() * self.config.push_pull_interval / 8
-        self._next_push_pull = min(self._next_push_pull, soon)
 
     # --- dispatch ----------------------------------------------------------------------------
 

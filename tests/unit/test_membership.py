@@ -657,34 +657,3 @@ def test_after_moving_a_node_tells_every_member_through_the_tunnel() -> None:
     for t in sent:
         assert t.channel is Channel.OVERLAY
         assert wire.decode(t.data, t.channel) == Gossip((AnnounceItem(new.raw),))
-
-
-def test_a_node_that_refutes_its_death_catches_up_by_push_pull_soon() -> None:
-    lab = Lab(4)
-    a, b, c = lab.converged(3)
-    # d joins through b while a is cut off (a stalled daemon), and the news is gossiped until
-    # every retransmission is spent: nobody will tell a of d again.
-    d = lab.core(3)
-    d.join([lab.net.underlay_address(1)], NOW)
-    t = NOW
-    while t < NOW + 0.6:
-        lab.deliver(t, drop={0})
-        for core in (b, c, d):
-            core.handle_timer(t)
-        t += 0.01
-    lab.deliver(t, drop={0})
-    assert b.member(d.node_id) is not None and a.member(d.node_id) is None
-    a.events()
-    # b's claim that a is dead reaches it: a refutes and brings its state check forward
-    # (its regular one is about 2 s away), to within an eighth of the push-pull interval.
-    claim = DeadItem(a.node_id, a.announcement.version, b.node_id)
-    a.receive(gossip(claim), lab.source_of(1, Channel.OVERLAY), t)
-    lab.deliver(t)
-    assert a.member(d.node_id) is None
-    due = t + lab.config.push_pull_interval / 8
-    while t < due:
-        t += 0.01
-        for core in (a, b, c, d):
-            core.handle_timer(t)
-        lab.deliver(t)
-    assert [e.announcement.node_id for e in a.events() if isinstance(e, PeerJoined)] == [d.node_id]
