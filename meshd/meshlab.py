@@ -39,6 +39,14 @@ from meshd.lab import Container, Internet, Lab, LabHost, fetch, wait_for
 
 MESHD_PORT = 51821
 
+_UPLINK_CUT = """table inet meshd_lab_cut {{
+  chain out {{ type filter hook output priority 0;
+    oifname "wan0" udp sport {{ {ports} }} drop; oifname "wan0" udp dport {{ {ports} }} drop; }};
+  chain in {{ type filter hook input priority 0;
+    iifname "wan0" udp dport {{ {ports} }} drop; iifname "wan0" udp sport {{ {ports} }} drop; }};
+}}"""
+"""No WireGuard or meshd datagram through a gateway's uplink (`EgressLab.failover`)."""
+
 
 @dataclass
 class MeshdNode:
@@ -371,15 +379,9 @@ class EgressLab:
         tunnel that is down. A limitation of SWIM-style membership with a partly reachable
         gateway (docs/egress.md), not what this failover measures."""
         other = next(g for g in self.gateways if g is not active)
-        ports = f"{{ {Config().listen_port}, {MESHD_PORT} }}"
-        rules = (
-            "table inet meshd_lab_cut { chain out { type filter hook output priority 0; "
-            f'oifname "wan0" udp sport {ports} drop; oifname "wan0" udp dport {ports} drop; }}; '
-            "chain in { type filter hook input priority 0; "
-            f'iifname "wan0" udp dport {ports} drop; iifname "wan0" udp sport {ports} drop; }}; }}'
-        )
+        rules = _UPLINK_CUT.format(ports=f"{Config().listen_port}, {MESHD_PORT}")
         cut = time.monotonic()
-        await active.host.run("nft", rules)
+        await active.host.run("nft", " ".join(rules.split()))
         await active.host.run("ip", "link", "set", "dev", "eth0", "down")
 
         async def through_other() -> bool:
