@@ -1206,7 +1206,10 @@ class MeshNode:
             self._health = max(0, self._health - 1)
             return
         m = self._members.get(p.target)
-        if m is None or m.state not in _LIVE:
+        if m is None or m.state not in _LIVE or m.live_since > p.sent_at:
+            # Gone, or declared dead and re-admitted while the probe ran: its silence was the
+            # dead record's (a partition, a restart), and the new one is probed on its own
+            # schedule (`first_probe_after`: its tunnel may not be up yet).
             return
         # Lifeguard IV-A: missing nacks mean our own network is suspect, not the target.
         delta = p.nacks_expected - p.nacks if p.nacks_expected else 1

@@ -657,3 +657,32 @@ def test_after_moving_a_node_tells_every_member_through_the_tunnel() -> None:
     for t in sent:
         assert t.channel is Channel.OVERLAY
         assert wire.decode(t.data, t.channel) == Gossip((AnnounceItem(new.raw),))
+
+
+def test_a_probe_sent_before_a_member_died_does_not_suspect_it_after_it_rejoins() -> None:
+    # bench faults at N=30 (2026-12-04): after a partition healed, nodes suspected members
+    # half a second after those rejoined, because a probe sent while the member was still
+    # suspect (before it was declared dead) ran out after the rejoin and counted against it.
+    lab = Lab(3)
+    a, b, c = lab.converged(3)
+    t = NOW
+    while not any(entry == (0, 2, "Ping") for entry in lab.log) and t < NOW + 5:
+        t += 0.005
+        a.handle_timer(t)
+        lab.deliver(t, drop={2})  # c is cut off: a's probe of it gets no ack
+    assert (0, 2, "Ping") in lab.log
+    a.events()
+    src = lab.source_of(1, Channel.OVERLAY)
+    a.receive(gossip(DeadItem(c.node_id, c.announcement.version, b.node_id)), src, t)
+    back = c.update_self(t + 0.01)  # c refutes its death (signs a newer version)
+    a.receive(gossip(AnnounceItem(back.raw)), src, t + 0.01)
+    assert [type(e) for e in a.events()] == [PeerDead, PeerJoined]
+    # The old probe ends within this interval; c's new record is first probed only after
+    # first_probe_after, and c answers from now on.
+    end = t + lab.config.first_probe_after
+    while t < end:
+        t += 0.005
+        a.handle_timer(t)
+        lab.deliver(t, drop={1})  # b is cut off now: no relay can save the old probe
+    assert [e for e in a.events() if isinstance(e, PeerSuspected) and e.node_id == c.node_id] == []
+    assert a.member(c.node_id).state is MemberState.ALIVE  # type: ignore[union-attr]
