@@ -35,7 +35,7 @@ from meshd.adapters.netlink import (
 from meshd.adapters.reconciler import Reconciler
 from meshd.adapters.resolver import EndpointResolver, ResolveFn, system_resolve
 from meshd.adapters.wireguard import PeerStatus, WireGuardBackend
-from meshd.core.wgplan import MeshInterface, Op, WgDevice
+from meshd.core.wgplan import MeshInterface, Op
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class DataPlane:
                 else p
                 for p in desired.device.peers
             )
-            device = WgDevice(desired.device.private_key, desired.device.listen_port, peers)
+            device = dataclasses.replace(desired.device, peers=peers)  # keeps key, port, mark
             desired = dataclasses.replace(desired, device=device)
         return desired
 

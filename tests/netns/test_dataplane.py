@@ -11,6 +11,7 @@ import pytest
 
 from meshd.adapters.dataplane import DataPlane
 from meshd.adapters.netlink import NetlinkEvent, UnderlayAddressesChanged
+from meshd.core.wgplan import MESHD_FWMARK
 from meshd.lab import LAB_ROOT, Lab, LabHost, wait_for
 from tests.netns.conftest import PORT, full_mesh, make_nodes
 
@@ -52,7 +53,9 @@ async def test_named_peer_follows_dns_and_events_reach_the_daemon(lab3: Lab) -> 
     desired = full_mesh([a, b], a)
     # The peer's endpoint comes only from the name.
     peers = tuple(dataclasses.replace(p, endpoint=None) for p in desired.device.peers)
-    desired = dataclasses.replace(desired, device=dataclasses.replace(desired.device, peers=peers))
+    # With the mark the daemon sets (exit routes), which resolving a name must keep.
+    device = dataclasses.replace(desired.device, peers=peers, fwmark=MESHD_FWMARK)
+    desired = dataclasses.replace(desired, device=device)
     dp.set_desired(desired, named={b.key.public: (NAME, PORT)})
     async with dp:
         await a.host.wait_ping(str(b.v6.ip), within=5)
@@ -69,6 +72,8 @@ async def test_named_peer_follows_dns_and_events_reach_the_daemon(lab3: Lab) -> 
         await a.host.set_underlay(v4=new_a)
         await a.host.wait_ping(str(b.v6.ip), within=5)
         assert dp.resolver.endpoint(NAME, PORT) == (str(new_v6.ip), PORT)
+        actual, _ = await a.reconciler.read_actual(desired.name)
+        assert actual is not None and actual.device.fwmark == MESHD_FWMARK
         assert [e for e in events if isinstance(e, UnderlayAddressesChanged)][-1].new == (
             frozenset({a.host.underlay_v6.ip, new_a.ip})
         )
