@@ -78,19 +78,22 @@ async def until_all(
     t0: float,
     within: float,
     what: str,
+    done_at: dict[str, float] | None = None,
 ) -> float:
-    """Seconds from `t0` until `condition` held for every node (each watched on its own)."""
-    done_at: list[float] = []
+    """Seconds from `t0` until `condition` held for every node (each watched on its own);
+    `done_at` gets each node's own time."""
+    if done_at is None:
+        done_at = {}
 
     async def watch(node: MeshdNode) -> None:
         while not await condition(node):
             if time.monotonic() - t0 > within:
                 raise TimeoutError(f"{what}: not true on {node.name} after {within} s")
             await asyncio.sleep(POLL_S)
-        done_at.append(time.monotonic() - t0)
+        done_at[node.name] = time.monotonic() - t0
 
     await asyncio.gather(*(watch(n) for n in nodes))
-    return max(done_at)
+    return max(done_at[n.name] for n in nodes)
 
 
 async def wg_key(node: MeshdNode) -> bytes:
@@ -177,6 +180,16 @@ class FaultBench:
         self.faults = SwitchFaults(lab)
         self.moves = 0
         self.leave_seen: list[float] = []
+        self.done_at: dict[str, float] = {}
+        """Per node, the seconds of the last measure (`slowest`)."""
+
+    def slowest(self) -> str:
+        """The node that took longest in the last measure, for the stderr line: where to look
+        in the kept logs when a run is an outlier."""
+        if not self.done_at:
+            return "-"
+        name = max(self.done_at, key=self.done_at.__getitem__)
+        return f"{name} {self.done_at[name]:.2f} s"
 
     async def idle(self, seconds: float) -> dict[str, object]:
         """idle_bytes_per_node_s, and idle_mix_per_node_s: packets and bytes per second per
@@ -229,7 +242,9 @@ class FaultBench:
         assert victim.proc is not None
         t0, t0_wall = time.monotonic(), time.time()
         victim.proc.send_signal(how)
-        took = await until_all(others(self.nodes, victim), dropped, t0, 60, "victim dropped")
+        took = await until_all(
+            others(self.nodes, victim), dropped, t0, 60, "victim dropped", self.done_at
+        )
         if how == signal.SIGTERM:
             logged = [r.seen("left", victim.name) for r in records]
             times = [t for t in logged if t is not None and t >= t0_wall - 0.01]
@@ -260,7 +275,9 @@ class FaultBench:
         async def reaches(n: MeshdNode) -> bool:
             return await fast_ping(n.host, mover.overlay_v6)
 
-        return await until_all(others(self.nodes, mover), reaches, t0, 60, "ping to moved node")
+        return await until_all(
+            others(self.nodes, mover), reaches, t0, 60, "ping to moved node", self.done_at
+        )
 
     async def dns_change(self, dns: LabDns, seed: MeshdNode, new: MeshdNode) -> float:
         v6, v4 = self._new_addresses()
@@ -272,7 +289,9 @@ class FaultBench:
         async def reaches(n: MeshdNode) -> bool:
             return await fast_ping(n.host, new.overlay_v6)
 
-        took = await until_all(self.nodes, reaches, t0, 60, "ping to the node joined by name")
+        took = await until_all(
+            self.nodes, reaches, t0, 60, "ping to the node joined by name", self.done_at
+        )
         assert await self.mesh.stop(new) == 0
         return took
 
@@ -283,7 +302,9 @@ class FaultBench:
         async def reaches(n: MeshdNode) -> bool:
             return await fast_ping(n.host, mover.overlay_v6)
 
-        took = await until_all(others(self.nodes, mover), reaches, t0, 60, "ping behind the NAT")
+        took = await until_all(
+            others(self.nodes, mover), reaches, t0, 60, "ping behind the NAT", self.done_at
+        )
         # Back onto the LAN (not measured): two nodes behind two NATs cannot reach each other.
         await self.lab.leave_nat(mover.host.index)
         await self.mesh.wait_full_mesh(self.nodes, within=60)
@@ -358,9 +379,10 @@ async def run(
             async def timed(key: str, r: int, measure: Callable[[int], Awaitable[float]]) -> float:
                 # Wall-clock start on stderr: an outlier can be found in the kept logs.
                 started = time.strftime("%H:%M:%S")
+                bench.done_at = {}
                 took = await measure(r)
-                print(f"bench faults: {key} run {r + 1}: started {started}, {took:.2f} s",
-                      file=sys.stderr)  # fmt: skip
+                print(f"bench faults: {key} run {r + 1}: started {started}, {took:.2f} s"
+                      f" (slowest: {bench.slowest()})", file=sys.stderr)  # fmt: skip
                 return took
 
             try:
