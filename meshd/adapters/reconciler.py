@@ -18,6 +18,7 @@ puts both back. The rules are removed on stop (`remove_exit_rules`).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import errno
 import ipaddress
@@ -54,6 +55,7 @@ from meshd.core.wgplan import (
     MESHD_FWMARK,
     MESHD_ROUTE_PROTO,
     AddAddress,
+    AddPeer,
     Address,
     AddRoute,
     CreateInterface,
@@ -64,6 +66,7 @@ from meshd.core.wgplan import (
     RemoveRoute,
     SetLinkUp,
     SetMtu,
+    UpdatePeer,
     WgOp,
     plan,
     resend_endpoints,
@@ -172,6 +175,15 @@ class Reconciler:
                 # tun): start from scratch.
                 await self.backend.destroy(want.name)
             await self._execute(want.name, ops)
+            if ops:
+                # Every pass that changed something, whoever asked for it (the loop, a membership
+                # change applied at once, a key switch): the log is where an outage is traced.
+                log.info("reconciled %s: %s", want.name, describe_ops(ops))
+                for op in ops:
+                    if isinstance(op, AddPeer | UpdatePeer) and op.peer.endpoint is not None:
+                        log.debug("WireGuard peer %s: endpoint %s",
+                                  base64.b64encode(op.peer.public_key).decode(),
+                                  op.peer.endpoint)  # fmt: skip
             self.passes += 1
             self.last_ops = ops
             if status is not None:
@@ -217,7 +229,7 @@ class Reconciler:
             if self.desired is None:
                 continue
             try:
-                ops = await self.apply()
+                await self.apply()
             except Exception as exc:
                 # Whatever failed (backend, netlink, a bug), the loop must survive: a dead
                 # reconciler would silently stop all repairs.
@@ -231,8 +243,6 @@ class Reconciler:
                 self._wake.set()
                 continue
             backoff = 0.05
-            if ops:
-                log.info("reconciled %s: %s", self.desired.name, describe_ops(ops))
             # No verification pass: every operation reported success, and later drift comes
             # back through the monitor, on_exit or the periodic pass.
             if not self._wake.is_set():
