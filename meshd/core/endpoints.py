@@ -22,6 +22,12 @@ Endpoint = tuple[str, int]
 STALE_HANDSHAKE_S = 180.0
 # A handshake initiation is retried every REKEY_TIMEOUT (5 s); give each endpoint two tries.
 RETRY_AFTER_S = 10.0
+MOVE_GRACE_S = 0.5
+"""How long a peer that announced new endpoints, while WireGuard still sends to one it
+announced before, is left to WireGuard's roaming before its best new endpoint is set
+(`EndpointChoice.update`). A node that moves tells every member at once through the tunnel
+(`MeshNode.tell_members`), so its packet normally arrives within milliseconds of the news;
+0.5 s also covers a reconcile pass on a busy host (0.26 s seen in 30-node labs on 2 cores)."""
 FIRST_HANDSHAKE_DEFER_S = 0.25
 """How long the node with the larger WireGuard key leaves a new peer without an endpoint
 (`first_endpoint`). The other node's initiation arrives within it when both added each other at
@@ -100,6 +106,10 @@ class EndpointChoice:
     index: int = 0
     chosen_at: float = 0.0
     current: Endpoint | None = field(default=None)
+    switch_at: float | None = None
+    """When the peer moved away from `moved_from` (where WireGuard still sent) and the best
+    new endpoint is set unless WireGuard roamed by then; None: no move pending."""
+    moved_from: Endpoint | None = None
 
     def update(
         self,
@@ -109,6 +119,7 @@ class EndpointChoice:
         now: float,
         stale_after: float = STALE_HANDSHAKE_S,
         retry_after: float = RETRY_AFTER_S,
+        move_grace: float = MOVE_GRACE_S,
     ) -> Endpoint | None:
         """The endpoint to configure now, or None for "leave WireGuard's as it is": while the
         handshake is fresh, WireGuard follows the peer's packets (roaming), and setting the
@@ -121,6 +132,7 @@ class EndpointChoice:
         if announced != self.announced:
             previous = self.announced
             self.announced, self.index, self.chosen_at = announced, 0, now
+            self.switch_at = self.moved_from = None
             fresh = handshake_age is not None and handshake_age < stale_after
             if fresh and roamed is not None and roamed not in previous:
                 # WireGuard learnt this endpoint from the peer's own packets, and the peer
@@ -129,9 +141,25 @@ class EndpointChoice:
                 # until the peer's next packet roams it back.
                 self.current = roamed
                 return None
-            # The peer moved away from where WireGuard sends: its best endpoint at once.
+            if fresh and roamed is not None and roamed not in announced:
+                # The peer moved away from where WireGuard sends. Its packet telling us so
+                # roams WireGuard to where it now is, also to a NAT's address it cannot
+                # announce; setting an announced endpoint just after that packet (the news
+                # came first from another member) undid the roam and cut the pair until the
+                # peer's next packet: 12-14 s in `bench faults` nat_move at N=30. So
+                # WireGuard gets MOVE_GRACE_S to roam before the best new endpoint is set.
+                self.current, self.switch_at, self.moved_from = roamed, now + move_grace, roamed
+                return None
+            # Our own order of its endpoints changed, or no working session: the best at once.
             self.current = announced[0] if announced else roamed
             return self.current
+        if self.switch_at is not None:
+            if roamed == self.moved_from and now < self.switch_at:
+                return None
+            moved, self.switch_at, self.moved_from = roamed == self.moved_from, None, None
+            if moved and announced:
+                self.current, self.chosen_at = announced[0], now
+                return self.current
         if handshake_age is not None and handshake_age < stale_after and roamed is not None:
             self.current = roamed  # working: WireGuard follows the peer
             self.chosen_at = now

@@ -2,6 +2,7 @@ import ipaddress
 
 from meshd.core.endpoints import (
     FIRST_HANDSHAKE_DEFER_S,
+    MOVE_GRACE_S,
     EndpointChoice,
     first_endpoint,
     preferred_order,
@@ -33,10 +34,37 @@ def test_stale_handshake_walks_the_announced_list() -> None:
     assert c.update((E1, E2), 300.0, NAT, now=21) == E1  # stale handshake: NAT not trusted
 
 
-def test_new_announcement_restarts_with_its_best_endpoint() -> None:
+def test_a_peer_that_moved_gets_its_new_endpoint_unless_wireguard_roams_first() -> None:
     c = EndpointChoice()
     c.update((E1,), 1.0, E1, now=0)
-    assert c.update((E2,), 1.0, E1, now=1) == E2  # the peer moved: use its new address now
+    # The peer moved away from E1, where WireGuard still sends: its packet that told us is
+    # about to roam WireGuard, so the new address waits out the grace ...
+    assert c.update((E2,), 1.0, E1, now=1) is None and c.switch_at == 1 + MOVE_GRACE_S
+    assert c.update((E2,), 1.0, E1, now=1 + MOVE_GRACE_S / 2) is None
+    # ... and is set when WireGuard did not roam (that packet was lost).
+    assert c.update((E2,), 1.0, E1, now=1 + MOVE_GRACE_S) == E2 and c.switch_at is None
+    assert c.update((E2,), 1.0, E2, now=2 + MOVE_GRACE_S) is None  # working: left alone
+
+
+def test_a_roam_during_the_grace_is_kept_it_may_be_a_nat_the_peer_moved_behind() -> None:
+    c = EndpointChoice()
+    c.update((E1,), 1.0, E1, now=0)
+    assert c.update((E2,), 1.0, E1, now=1) is None
+    # The peer's packet came through a NAT: WireGuard roamed to the NAT's address, which the
+    # peer cannot announce (E2 is private). Setting E2 would cut the pair.
+    assert c.update((E2,), 1.0, NAT, now=1.1) is None and c.current == NAT
+    assert c.update((E2,), 1.0, NAT, now=1 + MOVE_GRACE_S) is None and c.switch_at is None
+
+
+def test_our_own_new_order_of_the_peers_endpoints_applies_at_once() -> None:
+    c = EndpointChoice()
+    c.update((E1, E2), 1.0, E1, now=0)
+    # We moved (a link we shared with the peer is gone): its other endpoint comes first now.
+    assert c.update((E2, E1), 1.0, E1, now=1) == E2
+    # Without a session there is nothing to roam: the new address at once.
+    c = EndpointChoice()
+    c.update((E1,), None, None, now=0)
+    assert c.update((E2,), None, E1, now=1) == E2
 
 
 def test_an_endpoint_the_peer_never_announced_survives_its_new_announcement() -> None:
