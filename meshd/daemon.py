@@ -56,10 +56,11 @@ from meshd.core.announce import PEER_SWITCH_LAG_MS, Announcement, AnnouncementVe
 from meshd.core.cert import Certificate, check_revocation, decode_revocation
 from meshd.core.config import MembershipConfig
 from meshd.core.endpoints import (
-    FIRST_HANDSHAKE_DEFER_S,
+    RESTART_HANDSHAKE_AFTER_S,
+    RESTART_HANDSHAKE_TIMES,
     STALE_HANDSHAKE_S,
     EndpointChoice,
-    first_endpoint,
+    handshake_restart_in,
     preferred_order,
 )
 from meshd.core.errors import MeshError, Reject, RemoteProtocolError
@@ -153,8 +154,6 @@ class Daemon:
         self._endpoint_choice: dict[bytes, EndpointChoice] = {}
         self._recompute_timer: asyncio.TimerHandle | None = None
         self._read_before_apply = False
-        self._gone: set[bytes] = set()
-        """Members that died or left and have not come back (see `_went`)."""
         self._local_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
         """Networks of our underlay addresses (`own_endpoints`): peers' endpoints on them are
         tried first (`preferred_order`)."""
@@ -574,10 +573,8 @@ class Daemon:
             log.info("peer %s refuted suspicion", event.announcement.name)
         elif isinstance(event, ms.PeerDead):
             log.warning("peer %s declared dead", event.announcement.name)
-            self._went(event.announcement.node_id)
         elif isinstance(event, ms.PeerLeft):
             log.info("peer %s left", event.announcement.name)
-            self._went(event.announcement.node_id)
         elif isinstance(event, ms.RevocationAdded):
             rev = event.revocation
             self._revoked_serials.add((rev.ca_key, rev.serial))
@@ -585,12 +582,6 @@ class Daemon:
             log.warning("certificate serial %d revoked (%s)", rev.serial, rev.reason or "no reason")
             self._save_revocations()
         return True
-
-    def _went(self, node_id: bytes) -> None:
-        """Remember a member that went, so that if it comes back its first handshake has one
-        initiator (`first_endpoint`). Bounded: at worst a returning member is treated as new."""
-        if len(self._gone) < 65536:
-            self._gone.add(node_id)
 
     async def _timer_loop(self) -> None:
         assert self.core is not None
@@ -664,17 +655,15 @@ class Daemon:
         for gone in set(self._endpoint_choice) - live_ids:
             del self._endpoint_choice[gone]
         own_wg_key = self._own_wg_key(now)
-        recheck_in = math.inf  # a deferred first endpoint or a pending move is due then
+        recheck_in = math.inf  # a pending move or a handshake restart is due then
+        restart: set[bytes] = set()  # peers to re-create for a first handshake
+        reconciler = self.reconciler
         for ann in live:
             if ann.node_id == self.node.identity.public:
                 continue
             wg_key = ann.wg_key_at(now)
             stats = self._peer_status(wg_key)
-            choice = self._endpoint_choice.get(ann.node_id)
-            if choice is None:
-                back = ann.node_id in self._gone
-                self._gone.discard(ann.node_id)
-                choice = self._endpoint_choice[ann.node_id] = EndpointChoice(back=back)
+            choice = self._endpoint_choice.setdefault(ann.node_id, EndpointChoice())
             endpoint = choice.update(
                 preferred_order(ann.endpoints, self._local_networks),
                 _handshake_age(stats, now),
@@ -683,17 +672,24 @@ class Daemon:
             )
             allowed = [ipaddress.ip_network(a) for a in ann.cert.addresses]
             allowed += routed.get(ann.node_id, [])
-            assert choice.known_since is not None  # set by update()
-            configured = first_endpoint(own_wg_key.public, wg_key, now - choice.known_since,
-                                        endpoint, choice.back)  # fmt: skip
-            if configured != endpoint:
-                recheck_in = min(recheck_in, FIRST_HANDSHAKE_DEFER_S)
+            if endpoint is not None and reconciler and choice.restarts < RESTART_HANDSHAKE_TIMES:
+                restart_in = handshake_restart_in(
+                    own_wg_key.public, wg_key, reconciler.added_for(wg_key),
+                    _handshake_age(stats, now),
+                )  # fmt: skip
+                if restart_in == 0.0 and reconciler.restart_pending(wg_key):
+                    restart_in = RESTART_HANDSHAKE_AFTER_S  # asked for; look again once done
+                if restart_in == 0.0:
+                    choice.restarts += 1
+                    restart.add(wg_key)
+                elif restart_in is not None:
+                    recheck_in = min(recheck_in, restart_in)
             if choice.switch_at is not None:
                 recheck_in = min(recheck_in, max(0.0, choice.switch_at - now))
             peers.append(
                 WgPeer(
                     public_key=wg_key,
-                    endpoint=configured,
+                    endpoint=endpoint,
                     allowed_ips=tuple(allowed),
                     persistent_keepalive=self.config.persistent_keepalive,
                     preshared_key=psk.pair_psk(me, ann.node_id) if psk else None,
@@ -701,8 +697,11 @@ class Daemon:
             )
         # The mark lets policy rules keep WireGuard's own packets out of an exit route.
         device = WgDevice(own_wg_key.private, self.config.listen_port, tuple(peers), MESHD_FWMARK)
-        if recheck_in < math.inf:
-            self._recompute_soon(recheck_in)
+        if reconciler is not None:
+            if restart:
+                reconciler.restart_handshakes(restart)
+            if recheck_in < math.inf:
+                self._recompute_soon(recheck_in)
         addresses = tuple(
             ipaddress.ip_interface(f"{a}/{128 if ipaddress.ip_address(a).version == 6 else 32}")
             for a in self.node.cert.addresses
@@ -734,11 +733,13 @@ class Daemon:
             self.reconciler.trigger()
 
     def _recompute_soon(self, delay: float) -> None:
-        """Recompute the desired state in `delay` s (a deferred endpoint or a pending move is
+        """Recompute the desired state in `delay` s (a pending move or a handshake restart is
         due), sooner than the periodic pass (ENDPOINT_PERIOD_S)."""
-        if self._recompute_timer is not None:
-            return  # one is pending; it schedules the next if still needed
         loop = asyncio.get_running_loop()
+        if self._recompute_timer is not None:
+            if self._recompute_timer.when() <= loop.time() + delay:
+                return  # the pending one is sooner; it schedules the next if still needed
+            self._recompute_timer.cancel()
 
         def due() -> None:
             self._recompute_timer = None

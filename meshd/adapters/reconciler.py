@@ -25,6 +25,7 @@ import ipaddress
 import logging
 import os
 import socket
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,6 +71,7 @@ from meshd.core.wgplan import (
     WgOp,
     plan,
     resend_endpoints,
+    restart_peers,
 )
 
 log = logging.getLogger(__name__)
@@ -131,6 +133,9 @@ class Reconciler:
         self._route_sock: socket.socket | None = None
         self._lock = asyncio.Lock()
         self._resend_endpoints = False
+        self._added_at: dict[bytes, float] = {}
+        """time.monotonic() when each peer was last added to WireGuard (`added_for`)."""
+        self._restart: set[bytes] = set()
 
     # --- public API --------------------------------------------------------------------------
 
@@ -152,6 +157,21 @@ class Reconciler:
             log.warning("setting the endpoints of %s again: %s", self.desired.name, exc)
             self.trigger()
 
+    def restart_handshakes(self, keys: set[bytes]) -> None:
+        """Re-create these peers in the next pass if they still have had no handshake, so that
+        WireGuard initiates now rather than after its 5 s retry (`wgplan.restart_peers`)."""
+        self._restart |= keys
+        self.trigger()
+
+    def restart_pending(self, public_key: bytes) -> bool:
+        return public_key in self._restart
+
+    def added_for(self, public_key: bytes) -> float | None:
+        """Seconds since the peer was added to WireGuard (or re-created); None: it is not in
+        WireGuard, as far as this reconciler knows."""
+        added = self._added_at.get(public_key)
+        return None if added is None else time.monotonic() - added
+
     def trigger(self) -> None:
         """Schedule a pass soon (cheap; calls are coalesced)."""
         self.converged.clear()
@@ -163,22 +183,39 @@ class Reconciler:
             self.desired = desired
         if self.desired is None:
             raise ReconcileError("reconciling: no desired state yet")
+        asked = time.monotonic()
         async with self._lock:
             want = self.desired
+            started = time.monotonic()
             actual, status = await self.read_actual(want.name)
+            read = time.monotonic()
             ops = plan(want, actual)
             if self._resend_endpoints:
                 self._resend_endpoints = False
                 ops += resend_endpoints(want.device, actual.device if actual else None, ops)
+            restart = set(self._restart)
+            if restart:
+                # Only peers that still have had no handshake in this read: the caller decided
+                # on figures that may be seconds old, and re-creating a peer drops its session.
+                peers = status.peers if status is not None else {}
+                fresh = {k for k in restart if k in peers and not peers[k].last_handshake}
+                ops += restart_peers(want.device, actual.device if actual else None, ops, fresh)
             if actual is None and status is not None:
                 # The link is gone but the backend still answers (wireguard-go outliving its
                 # tun): start from scratch.
                 await self.backend.destroy(want.name)
             await self._execute(want.name, ops)
+            self._note_added(want, ops)
+            # Pending until done: asked again meanwhile, a peer was re-created twice within
+            # milliseconds, and wireguard-go drops the second initiation as a flood (20 ms).
+            self._restart -= restart
             if ops:
                 # Every pass that changed something, whoever asked for it (the loop, a membership
                 # change applied at once, a key switch): the log is where an outage is traced.
                 log.info("reconciled %s: %s", want.name, describe_ops(ops))
+                # Where a slow pass spent its time (30 daemons on 2 cores: seconds).
+                log.debug("pass: %.3f s waiting, %.3f s reading, %.3f s planning and executing",
+                          started - asked, read - started, time.monotonic() - read)  # fmt: skip
                 for op in ops:
                     if isinstance(op, AddPeer | UpdatePeer) and op.peer.endpoint is not None:
                         log.debug("WireGuard peer %s: endpoint %s",
@@ -189,6 +226,14 @@ class Reconciler:
             if status is not None:
                 self.peer_status = dict(status.peers)
             return ops
+
+    def _note_added(self, want: MeshInterface, ops: list[Op]) -> None:
+        now = time.monotonic()
+        wanted = want.device.peer_map()
+        self._added_at = {k: t for k, t in self._added_at.items() if k in wanted}
+        for op in ops:
+            if isinstance(op, AddPeer):
+                self._added_at[op.peer.public_key] = now
 
     async def refresh_status(self) -> None:
         """Re-read handshake times and counters (one backend read; nothing is planned or

@@ -30,9 +30,9 @@ class MembershipConfig:
     first_probe_after: float = 1.0
     """A member that became live (joined, or came back from dead) is probed no sooner than this.
     Its tunnel may not be up yet: the member may not know of us yet (its WireGuard drops our
-    handshake), and the data plane takes a moment to add a peer (up to 0.5 s on purpose, see
-    `first_endpoint`). A probe in that window fails and raises a false suspicion; after a
-    30-node partition healed, every node probed some member in it. Default 1 s: the first
+    handshake, which is retried after 1 s, see `handshake_restart_in`), and the data plane
+    takes a moment to add a peer. A probe in that window fails and raises a false suspicion;
+    after a 30-node partition healed, every node probed some member in it. Default 1 s: the first
     probe of a member is otherwise at a random moment of the cycle, so detecting a node that
     crashes right after joining takes at most this much longer."""
 

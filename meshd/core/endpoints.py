@@ -28,42 +28,38 @@ announced before, is left to WireGuard's roaming before its best new endpoint is
 (`EndpointChoice.update`). A node that moves tells every member at once through the tunnel
 (`MeshNode.tell_members`), so its packet normally arrives within milliseconds of the news;
 0.5 s also covers a reconcile pass on a busy host (0.26 s seen in 30-node labs on 2 cores)."""
-FIRST_HANDSHAKE_DEFER_S = 0.25
-"""How long the node with the larger WireGuard key leaves a new peer without an endpoint
-(`first_endpoint`). The other node's initiation arrives within it when both added each other at
-once (a round trip plus the other's reconcile, tens of milliseconds on a busy host); when that
-initiation came too early and was dropped, the session waits this long, far short of
-WireGuard's 5 s retry. Two wireguard-go in namespaces configured at once, 20 times: 0.03 s
-when the initiation came in time, 0.28 s when it had been dropped; without this rule, 4 of 50
-took 5.1-5.2 s."""
+RESTART_HANDSHAKE_AFTER_S = 1.0
+"""How long the node with the smaller WireGuard key waits for the first handshake with a peer it
+gave WireGuard before it re-creates the peer, which initiates again at once
+(`handshake_restart_in`). The answer takes a round trip once the other node has us; 1 s also
+covers that node's reconcile pass on a busy host (0.3-1 s after a 30-node heal on 2 cores)."""
+RESTART_HANDSHAKE_TIMES = 4
+"""Re-creations per peer, at most: an unreachable peer then costs four more initiations, after
+which WireGuard's own retry (every 5 s) goes on."""
 
 
-def first_endpoint(
-    own_key: bytes, peer_key: bytes, known_for: float, endpoint: Endpoint | None, back: bool
-) -> Endpoint | None:
-    """The endpoint to configure for a peer first configured `known_for` seconds ago; `back`:
-    the peer came back from dead (we held it dead, and so, most likely, did it us).
+def handshake_restart_in(
+    own_key: bytes, peer_key: bytes, added_for: float | None, handshake_age: float | None
+) -> float | None:
+    """In how many seconds to re-create a peer that WireGuard was given `added_for` seconds ago
+    (None: not yet) and that never had a handshake: 0 now, None never (a handshake happened, or
+    the other node's key is the smaller: it does this).
 
-    Two nodes that learn of each other from the same gossip (a partition heal) add each
-    other within a round trip, and WireGuard on both sides initiates a handshake (keepalive or
-    first packet). Each then consumes the other's initiation, which replaces its own pending
-    handshake, and drops the other's response as invalid: no session on either side until
-    WireGuard's retry 5 s later. (Seen in wireguard-go's log: after a heal, 30 nodes saw each
-    other alive in 3 s and had every handshake only after 6 s.)
-
-    So only the node with the smaller key initiates at once. The other leaves the peer without
-    an endpoint for FIRST_HANDSHAKE_DEFER_S: it cannot initiate, but answers an initiation (and
-    WireGuard learns the endpoint from it). If none came (it arrived before we had the peer and
-    was dropped), the peer still has no endpoint when the real one is set, and the plan then
-    re-creates it (`plan_device`), which initiates at once rather than after WireGuard's wait.
-
-    Only for a peer that came back: a new node learns of everyone at once from its first
-    push-pull, the others of it by gossip later, and the node that learns last should initiate
-    at once (the first initiation arrived too early and was dropped). Deferring there added
-    half a second to `bench join` at N=10 (0.41 -> 0.93 s)."""
-    if not back or own_key < peer_key or known_for >= FIRST_HANDSHAKE_DEFER_S:
-        return endpoint
-    return None
+    WireGuard retries an unanswered initiation only after REKEY_TIMEOUT (5 s), and a first
+    initiation goes unanswered in two ways. It reached the other node before that node had us
+    (it learns of us later), and was dropped. Or both nodes added each other at once (they
+    learnt of each other from the same gossip, as after a partition heal) and both initiated:
+    each consumed the other's initiation, which replaced its own pending handshake, and dropped
+    the other's response as invalid. (Seen in wireguard-go's verbose log after 30-node heals:
+    1-4 of 225 new pairs waited for the retry, and half the heals took 6.4-7.5 s.) A re-created
+    peer initiates at once, and by then the other node has us and is not initiating itself
+    (its own retry is seconds away). Only the smaller key does this, so the two nodes'
+    re-creations never cross; the caller bounds them (RESTART_HANDSHAKE_TIMES)."""
+    if own_key > peer_key or handshake_age is not None:
+        return None
+    if added_for is None:
+        return RESTART_HANDSHAKE_AFTER_S
+    return max(0.0, RESTART_HANDSHAKE_AFTER_S - added_for)
 
 
 def preferred_order(
@@ -95,13 +91,9 @@ def preferred_order(
 
 @dataclass
 class EndpointChoice:
-    """Per-peer selection state (mutable; owned by the daemon)."""
+    """Per-peer selection state (mutable; owned by the daemon); a peer that goes and comes
+    back gets a new one."""
 
-    known_since: float | None = None
-    """When the peer was first configured (first `update`); a peer that goes and comes back
-    gets a new EndpointChoice."""
-    back: bool = False
-    """The peer came back from dead (or left) for this choice (`first_endpoint`)."""
     announced: tuple[Endpoint, ...] = ()
     index: int = 0
     chosen_at: float = 0.0
@@ -110,6 +102,8 @@ class EndpointChoice:
     """When the peer moved away from `moved_from` (where WireGuard still sent) and the best
     new endpoint is set unless WireGuard roamed by then; None: no move pending."""
     moved_from: Endpoint | None = None
+    restarts: int = 0
+    """How often the peer was re-created for a first handshake (`handshake_restart_in`)."""
 
     def update(
         self,
@@ -127,8 +121,6 @@ class EndpointChoice:
         desired endpoint that differs from the actual one). `current` is what WireGuard uses
         then. `handshake_age` is None if there never was one; `roamed` is the endpoint
         WireGuard currently reports."""
-        if self.known_since is None:
-            self.known_since = now
         if announced != self.announced:
             previous = self.announced
             self.announced, self.index, self.chosen_at = announced, 0, now

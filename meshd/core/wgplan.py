@@ -331,6 +331,27 @@ def resend_endpoints(desired: WgDevice, actual: WgDevice | None, ops: list[Op]) 
     return out
 
 
+def restart_peers(
+    desired: WgDevice, actual: WgDevice | None, ops: list[Op], keys: set[bytes]
+) -> list[WgOp]:
+    """Re-create the peers in `keys` that WireGuard has with an endpoint and that `ops` do not
+    already add, change or remove: a new peer starts a handshake at once (persistent
+    keepalive, or the first packet), where the old one waits REKEY_TIMEOUT (5 s) after an
+    initiation that went unanswered (`meshd.core.endpoints.handshake_restart_in`)."""
+    if actual is None:
+        return []
+    touched = {op.peer.public_key for op in ops if isinstance(op, AddPeer | UpdatePeer)}
+    touched |= {op.public_key for op in ops if isinstance(op, RemovePeer)}
+    have = actual.peer_map()
+    out: list[WgOp] = []
+    for key, peer in sorted(desired.peer_map().items()):
+        current = have.get(key)
+        if key in keys and key not in touched and current is not None and current.endpoint:
+            endpoint = peer.endpoint or current.endpoint  # the one WireGuard has, if not desired
+            out += [RemovePeer(key), AddPeer(dataclasses.replace(peer, endpoint=endpoint))]
+    return out
+
+
 def plan(desired: MeshInterface, actual: MeshInterface | None) -> list[Op]:
     """Operations turning `actual` (None: the interface does not exist) into `desired`, in the
     order they must run: interface, WireGuard, MTU, addresses, link up, then routes (the kernel

@@ -252,3 +252,22 @@ def test_resend_endpoints_sets_each_endpoint_again_unless_the_plan_does() -> Non
         UpdatePeer(dataclasses.replace(P2, endpoint=roamed), False)
     ]
     assert wgplan.resend_endpoints(want, None, []) == []
+
+
+def test_restart_peers_recreates_configured_peers_the_plan_leaves_alone() -> None:
+    roamed = ("198.51.100.9", 40000)
+    want = WgDevice(PRIV, 51820, (P1, dataclasses.replace(P2, endpoint=None), P3))
+    have = WgDevice(PRIV, 51820, (P1, dataclasses.replace(P2, endpoint=roamed), P3))
+    keys = {P1.public_key, P2.public_key, P3.public_key, K3 + b"x"}
+    # P1 as desired, P2 with the endpoint WireGuard has; P3 has none (it could not initiate
+    # anyway); an unknown key is ignored.
+    assert wgplan.restart_peers(want, have, [], keys) == [
+        RemovePeer(P1.public_key),
+        AddPeer(P1),
+        RemovePeer(P2.public_key),
+        AddPeer(dataclasses.replace(P2, endpoint=roamed)),
+    ]
+    # A peer the plan already touches is left to the plan.
+    assert wgplan.restart_peers(want, have, [UpdatePeer(P1, False)], {P1.public_key}) == []
+    assert wgplan.restart_peers(want, have, [RemovePeer(P1.public_key)], {P1.public_key}) == []
+    assert wgplan.restart_peers(want, None, [], keys) == []
