@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import functools
 import importlib
 import io
 import ipaddress
@@ -659,7 +660,7 @@ class Daemon:
         restart: set[bytes] = set()  # peers to re-create for a first handshake
         reconciler = self.reconciler
         for ann in live:
-            if ann.node_id == self.node.identity.public:
+            if ann.node_id == me:
                 continue
             wg_key = ann.wg_key_at(now)
             stats = self._peer_status(wg_key)
@@ -670,7 +671,7 @@ class Daemon:
                 stats.peer.endpoint if stats else None,
                 now,
             )
-            allowed = [ipaddress.ip_network(a) for a in ann.cert.addresses]
+            allowed = list(_networks(ann.cert.addresses))
             allowed += routed.get(ann.node_id, [])
             if endpoint is not None and reconciler and choice.restarts < RESTART_HANDSHAKE_TIMES:
                 restart_in = handshake_restart_in(
@@ -1215,11 +1216,19 @@ def tunnelled_addresses(desired: MeshInterface) -> frozenset[str]:
     )
 
 
+@functools.lru_cache(maxsize=65536)
 def _canonical_host(host: str) -> str:
+    # Cached: asked for every datagram held during an apply, for the same few addresses.
     try:
         return str(ipaddress.ip_address(host))
     except ValueError:
         return host
+
+
+@functools.lru_cache(maxsize=65536)
+def _networks(addresses: tuple[str, ...]) -> tuple[Prefix, ...]:
+    # Cached: every desired-state pass asks for every member's, and parsing is most of its cost.
+    return tuple(ipaddress.ip_network(a) for a in addresses)
 
 
 def _ms(seconds: float | None) -> float | None:

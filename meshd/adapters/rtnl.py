@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
+import functools
 import ipaddress
 import os
 import socket
@@ -257,6 +258,12 @@ def _error_code(data: bytes, body: int) -> int:
     return code
 
 
+@functools.lru_cache(maxsize=65536)
+def _route_prefix(dst: bytes, dst_len: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    # Cached: every pass dumps every route of the host, mostly the same ones as the last.
+    return ipaddress.ip_network((dst, dst_len))
+
+
 def parse_route_messages(data: bytes) -> tuple[list[RouteEntry], bool]:
     """Routes in one netlink receive buffer, and whether the dump is done."""
     routes: list[RouteEntry] = []
@@ -278,8 +285,7 @@ def parse_route_messages(data: bytes) -> tuple[list[RouteEntry], bool]:
                 elif atype == _RTA_TABLE:
                     table = struct.unpack("=I", value)[0]
             size = 4 if family == socket.AF_INET else 16
-            net = ipaddress.ip_network((dst or bytes(size), dst_len))
-            routes.append(RouteEntry(net, oif, table, proto))
+            routes.append(RouteEntry(_route_prefix(dst or bytes(size), dst_len), oif, table, proto))
     return routes, False
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import socket
@@ -56,12 +57,21 @@ class Received:
     message through the tunnel (authenticated source)."""
 
 
+@functools.lru_cache(maxsize=65536)
 def _unmap(host: str) -> str:
-    """`::ffff:192.0.2.1` -> `192.0.2.1`: peers know IPv4 endpoints in IPv4 form."""
+    """`::ffff:192.0.2.1` -> `192.0.2.1`: peers know IPv4 endpoints in IPv4 form. Cached (as is
+    `_socket_address`): asked for every datagram, for the same few addresses."""
     addr = ipaddress.ip_address(host.split("%", 1)[0])
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return str(addr.ipv4_mapped)
     return str(addr)
+
+
+@functools.lru_cache(maxsize=65536)
+def _socket_address(host: str) -> str:
+    """The form of `host` our dual-stack socket sends to: IPv4 as `::ffff:a.b.c.d`."""
+    addr = ipaddress.ip_address(host.split("%", 1)[0])
+    return f"::ffff:{addr}" if addr.version == 4 else host
 
 
 def _arrival_ifindex(ancdata: list[tuple[int, int, bytes]]) -> int | None:
@@ -161,10 +171,8 @@ class MeshTransport:
         if self._udp is None:
             return
         host, port = destination
-        addr = ipaddress.ip_address(host)
-        target = f"::ffff:{addr}" if addr.version == 4 else str(addr)
         try:
-            self._udp.sendto(data, (target, port))
+            self._udp.sendto(data, (_socket_address(host), port))
             self.bytes_sent += len(data)
         except OSError as exc:
             # No route yet (peer not configured), buffer full: gossip tolerates loss.

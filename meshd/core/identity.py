@@ -7,6 +7,7 @@ are pinned by golden tests: changing one re-addresses every node of every deploy
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import re
@@ -56,8 +57,9 @@ class SigningKey:
     def __repr__(self) -> str:  # never print the secret
         return f"SigningKey(public={self.public.hex()[:16]}...)"
 
-    @property
+    @functools.cached_property
     def public(self) -> bytes:
+        # Cached: deriving it costs an Ed25519 key generation, and the daemon asks per peer.
         return bytes(nacl.signing.SigningKey(self.seed).verify_key)
 
     def sign(self, domain: bytes, message: bytes) -> bytes:
@@ -87,9 +89,9 @@ class WireGuardKey:
     def __repr__(self) -> str:
         return f"WireGuardKey(public={self.public.hex()[:16]}...)"
 
-    @property
+    @functools.cached_property
     def public(self) -> bytes:
-        return bytes(nacl.public.PrivateKey(self.private).public_key)
+        return bytes(nacl.public.PrivateKey(self.private).public_key)  # an X25519: cached
 
 
 def _digest(data: bytes, person: bytes, size: int) -> bytes:
