@@ -483,6 +483,9 @@ class Daemon:
         membership_changed = False
         for event in self.core.events():
             membership_changed |= self._on_event(event)
+        if self.core.answered is not None:
+            self._confirm_neighbour(self.core.answered)
+            self.core.answered = None
         self._held.extend(self.core.datagrams_to_send())
         if membership_changed:
             self._persist_wanted.set()
@@ -497,6 +500,17 @@ class Daemon:
         if self._left and self.core.leave_finished:
             self._leave_spread.set()
         self._timer_changed.set()
+
+    def _confirm_neighbour(self, node_id: bytes) -> None:
+        """A member answered our probe through the tunnel: confirm the underlay neighbour
+        towards the endpoint WireGuard uses for it (at the last status read, a few seconds old
+        at most; after a roam the next answer confirms the new one)."""
+        member = self.core.member(node_id) if self.core is not None else None
+        if member is None or self.transport is None:
+            return
+        stats = self._peer_status(member.ann.wg_key_at(self.clock()))
+        if stats is not None and stats.peer.endpoint is not None:
+            self.transport.confirm_neighbour(stats.peer.endpoint)
 
     def _send_held(self, ready: frozenset[str] | None = None) -> None:
         """Send the held traffic; with `ready`, overlay traffic only to those addresses (the

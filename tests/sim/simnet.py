@@ -2,7 +2,9 @@
 benchmarks). Nothing here sleeps: an event heap orders deliveries and timers.
 
 Model: every node has an underlay IPv4 address and its overlay IPv6 address (from its
-certificate); both map to the node. A datagram takes a LAN-like delay (uniform in `delay`) and
+certificate), with `ipv4` (True, or a set of host indices) also an IPv4 overlay address; all
+map to the node, and a message to an overlay address comes from the sender's overlay address of
+the same family. A datagram takes a LAN-like delay (uniform in `delay`) and
 is lost with probability `loss` (per link overrides allowed); streams are reliable and add a
 transfer time at 1 Gbit/s. Partitions split nodes into groups that cannot reach each other.
 Crashed nodes drop everything; a restart builds a new core with or without its old state.
@@ -46,6 +48,7 @@ class SimHost:
     wg_key: bytes
     underlay: str
     overlay: str
+    overlay_v4: str | None = None
     core: MeshNode | None = None
     up: bool = False
     group: int = 0
@@ -56,6 +59,13 @@ class SimHost:
 
     def __post_init__(self) -> None:
         self.node_id = self.identity.public  # derived once: key derivation is not free
+
+    def overlay_source(self, destination: str) -> str:
+        """The source address of our message to an overlay `destination`: of its family, as
+        the kernel picks (a host without an IPv4 overlay address has none to send from)."""
+        if ":" in destination or self.overlay_v4 is None:
+            return self.overlay
+        return self.overlay_v4
 
 
 @dataclass
@@ -86,11 +96,13 @@ class SimNet:
         delay: tuple[float, float] = (0.0002, 0.001),
         loss: float = 0.0,
         record: Callable[[Event], bool] | None = None,
+        ipv4: bool | frozenset[int] = False,
     ) -> None:
         self.rng = random.Random(seed)
         self.config = config or MembershipConfig.lan()
         self.delay = delay
         self.loss = loss
+        self.ipv4 = ipv4
         self.link_loss: dict[tuple[int, int], float] = {}
         self.now = T0
         self.stats = SimStats()
@@ -117,15 +129,19 @@ class SimNet:
         i = len(self.hosts)
         identity = SigningKey(self.rng.randbytes(32))
         overlay = str(overlay_ipv6(MESH, identity.public))
+        with_v4 = self.ipv4 is True or (isinstance(self.ipv4, frozenset) and i in self.ipv4)
+        overlay_v4 = f"100.{64 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}" if with_v4 else None
         cert = issue_certificate(
             self.ca, mesh=MESH, serial=i + 1, name=f"n{i}", identity_key=identity.public,
-            addresses=[overlay], not_before=int(T0 - 86400), not_after=int(T0 + 365 * 86400),
+            addresses=[overlay, overlay_v4] if overlay_v4 else [overlay],
+            not_before=int(T0 - 86400), not_after=int(T0 + 365 * 86400),
         )  # fmt: skip
         underlay = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
-        host = SimHost(i, identity, cert, self.rng.randbytes(32), underlay, overlay)
+        host = SimHost(i, identity, cert, self.rng.randbytes(32), underlay, overlay, overlay_v4)
         self.hosts.append(host)
-        self._by_addr[underlay] = i
-        self._by_addr[overlay] = i
+        for address in (underlay, overlay, overlay_v4):
+            if address is not None:
+                self._by_addr[address] = i
         return host
 
     def underlay_address(self, i: int) -> tuple[str, int]:
@@ -235,10 +251,9 @@ class SimNet:
                 return
         if ch is Channel.UNDERLAY:
             source = (src.underlay, MESHD_PORT)
-        elif ch is Channel.STREAM:
-            source = (src.overlay, 40000 + self.rng.randrange(20000))
         else:
-            source = (src.overlay, MESHD_PORT)
+            port = 40000 + self.rng.randrange(20000) if ch is Channel.STREAM else MESHD_PORT
+            source = (src.overlay_source(dest[0]), port)
         self._push(self.now + d, _DELIVER, (src.index, j, data, source, ch))
 
     def run_until(self, t: float, stop: Callable[[], bool] | None = None) -> bool:

@@ -17,8 +17,14 @@ NOW = T0
 class Lab:
     """n hosts with identities; cores are created on demand and exchange messages by hand."""
 
-    def __init__(self, n: int, config: MembershipConfig | None = None, seed: int = 7) -> None:
-        self.net = SimNet(n, seed=seed)
+    def __init__(
+        self,
+        n: int,
+        config: MembershipConfig | None = None,
+        seed: int = 7,
+        ipv4: bool | frozenset[int] = False,
+    ) -> None:
+        self.net = SimNet(n, seed=seed, ipv4=ipv4)
         self.config = config or MembershipConfig.local()
         self.cores: dict[int, MeshNode] = {}
         self.log: list[tuple[int, int | None, str]] = []
@@ -47,13 +53,16 @@ class Lab:
 
     def index_of(self, host: str) -> int | None:
         for i, h in enumerate(self.net.hosts):
-            if host in (h.underlay, h.overlay) and i in self.cores:
+            if host in (h.underlay, h.overlay, h.overlay_v4) and i in self.cores:
                 return i
         return None
 
-    def source_of(self, i: int, channel: Channel) -> tuple[str, int]:
+    def source_of(self, i: int, channel: Channel, destination: str = "::") -> tuple[str, int]:
+        """Host i's address as seen by the receiver of its message to `destination`."""
         h = self.host(i)
-        return (h.underlay if channel is Channel.UNDERLAY else h.overlay, MESHD_PORT)
+        if channel is Channel.UNDERLAY:
+            return (h.underlay, MESHD_PORT)
+        return (h.overlay_source(destination), MESHD_PORT)
 
     def deliver(self, now: float, drop: set[int] | None = None, rounds: int = 50) -> list[Transmit]:
         """Deliver everything pending (and what it triggers) at time `now`; messages to or from
@@ -69,7 +78,8 @@ class Lab:
                 self.log.append((i, j, type(decode(tx.data, tx.channel)).__name__))
                 if j is None or (drop and (i in drop or j in drop)):
                     continue
-                self.cores[j].receive(tx.data, self.source_of(i, tx.channel), now, tx.channel)
+                source = self.source_of(i, tx.channel, tx.destination[0])
+                self.cores[j].receive(tx.data, source, now, tx.channel)
         raise AssertionError("network did not go quiet")
 
     def events(self, i: int) -> list[Event]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from meshd.core.cert import issue_revocation
 from meshd.core.config import MembershipConfig
 from meshd.core.errors import Reject
 from meshd.core.membership import (
+    MeshNode,
     MessageRejected,
     PeerAlive,
     PeerDead,
@@ -686,3 +688,91 @@ def test_a_probe_sent_before_a_member_died_does_not_suspect_it_after_it_rejoins(
         lab.deliver(t, drop={1})  # b is cut off now: no relay can save the old probe
     assert [e for e in a.events() if isinstance(e, PeerSuspected) and e.node_id == c.node_id] == []
     assert a.member(c.node_id).state is MemberState.ALIVE  # type: ignore[union-attr]
+
+
+def _exchanges(
+    lab: Lab,
+    cores: list[MeshNode],
+    cycles: int,
+    drop: Callable[[str], bool] = lambda a: False,
+    start: float = NOW,
+) -> list[tuple[float, int, int | None, str, bool]]:
+    """Run the cores' timers for `cycles` probe cycles from `start`, delivering everything at
+    once (a message to an address for which `drop` holds is lost): (time, sender, receiver,
+    type, over IPv4) of every message."""
+    out: list[tuple[float, int, int | None, str, bool]] = []
+    t, end = start, start + cycles * len(cores) * lab.config.probe_interval
+    while t < end:
+        t += 0.01
+        for core in cores:
+            core.handle_timer(t)
+        for _ in range(50):
+            batch = [(i, tx) for i, c in lab.cores.items() for tx in c.datagrams_to_send()]
+            if not batch:
+                break
+            for i, tx in batch:
+                j = lab.index_of(tx.destination[0])
+                out.append((t, i, j, type(wire.decode(tx.data, tx.channel)).__name__,
+                            ":" not in tx.destination[0]))  # fmt: skip
+                if j is not None and not drop(tx.destination[0]):
+                    source = lab.source_of(i, tx.channel, tx.destination[0])
+                    lab.cores[j].receive(tx.data, source, t, tx.channel)
+    return out
+
+
+def test_members_are_probed_on_ipv4_when_both_ends_have_an_ipv4_overlay_address() -> None:
+    # D21: inside WireGuard a probe is 16 bytes shorter with IPv4+UDP headers than with IPv6.
+    # Only when both ends have an IPv4 overlay address (one without has no source address of
+    # that family), and only once the member showed it takes IPv4 (an older meshd refuses it).
+    lab = Lab(3, ipv4=frozenset({0, 1}))
+    cores = lab.converged(3)
+    hosts = lab.net.hosts
+    assert hosts[0].overlay_v4 and hosts[1].overlay_v4 and hosts[2].overlay_v4 is None
+    sent = _exchanges(lab, cores, cycles=4)
+    # The first probes go to IPv6, with an empty gossip to IPv4 beside them (the hello).
+    hello = next(x for x in sent if x[4])
+    assert hello[3] == "Gossip" and hello[1:3] in ((0, 1), (1, 0))
+    # From the second cycle on, the pair with IPv4 uses it for everything; pairs with host 2
+    # never do. Every pair kept exchanging, and nothing was refused or suspected.
+    late = [x for x in sent if x[0] > NOW + 3 * lab.config.probe_interval]
+    assert {(i, j, v4) for _, i, j, _, v4 in late} == {
+        (0, 1, True), (1, 0, True), (0, 2, False), (2, 0, False), (1, 2, False), (2, 1, False)
+    }  # fmt: skip
+    # Streams (push-pull) always go to IPv6: meshd's stream listener takes IPv6 only.
+    b = cores[0].member(cores[1].node_id)
+    assert b is not None and b.address[0] == hosts[1].overlay_v4
+    assert b.stream_address[0] == hosts[1].overlay
+    pairs = {frozenset((i, j)) for _, i, j, kind, _ in late if kind == "Ping"}
+    assert pairs == {frozenset(p) for p in ((0, 1), (0, 2), (1, 2))}
+    assert [x[3] for x in sent if x[4]].count("Gossip") <= 2 * 3
+    assert lab.events(0) == lab.events(1) == lab.events(2) == []
+
+
+def test_a_pair_whose_ipv4_does_not_get_through_stays_on_ipv6() -> None:
+    # An older meshd refuses what comes from an IPv4 overlay address (as good as lost) and never
+    # sends from there. Three hellos at most per side, probes on IPv6, no suspicion.
+    lab = Lab(2, ipv4=True)
+    cores = lab.converged(2)
+    sent = _exchanges(lab, cores, cycles=20, drop=lambda address: ":" not in address)
+    hellos = sorted((i, j, kind) for _, i, j, kind, v4 in sent if v4)
+    assert hellos == [(0, 1, "Gossip")] * 3 + [(1, 0, "Gossip")] * 3
+    assert sum(1 for x in sent if x[3] == "Ping") >= 20
+    assert lab.events(0) == lab.events(1) == []
+
+
+def test_a_member_that_stops_taking_ipv4_is_probed_on_ipv6_again() -> None:
+    # A member restarted with an older meshd: IPv4 worked, now it does not. The probe that
+    # gets no answer over IPv4 is sent again over IPv6 at once and answered: no suspicion.
+    lab = Lab(2, ipv4=True)
+    cores = lab.converged(2)
+    before = _exchanges(lab, cores, cycles=4)
+    assert before[-1][4]  # on IPv4
+    cut = before[-1][0]
+    after = _exchanges(lab, cores, 20, drop=lambda address: ":" not in address, start=cut)
+    # After a probe each way everything is on IPv6 but the hellos (3 a side in all, one of
+    # them sent before the cut), and nobody was suspected.
+    settled = cut + 2 * 2 * lab.config.probe_interval
+    assert {x[3] for x in after if x[0] > settled and x[4]} <= {"Gossip"}
+    assert len([x for x in before + after if x[4] and x[3] == "Gossip"]) <= 2 * 3
+    assert sum(1 for x in after if x[0] > settled and x[3] == "Ack") >= 10
+    assert lab.events(0) == lab.events(1) == []
