@@ -1419,6 +1419,9 @@ class MeshNode:
             return
         if not self._joined:
             self._bootstrap_from.add(ann.node_id)
+            # Joins gossiped to us before our WireGuard had their senders were lost: compare
+            # states again once the burst has passed (config `join_check_after`).
+            self._next_push_pull = min(self._next_push_pull, now + self.config.join_check_after)
         self._joined = True
         self._send_push_pull(m, full=True)
 

@@ -776,3 +776,26 @@ def test_a_member_that_stops_taking_ipv4_is_probed_on_ipv6_again() -> None:
     assert len([x for x in before + after if x[4] and x[3] == "Gossip"]) <= 2 * 3
     assert sum(1 for x in after if x[0] > settled and x[3] == "Ack") >= 10
     assert lab.events(0) == lab.events(1) == []
+
+
+def test_a_node_that_joined_compares_states_again_soon_after() -> None:
+    # Nodes that join at about the same moment gossip each other's joins to members whose
+    # WireGuard does not have them yet, which drops the news. A joiner compares its state with a
+    # member `join_check_after` after the join instead of waiting for its first push-pull.
+    config = dataclasses.replace(MembershipConfig.local(), push_pull_interval=60.0)
+    lab = Lab(2, config)
+    lab.core(0)
+    b = lab.core(1)
+    b.join([lab.net.underlay_address(0)], NOW)
+    lab.deliver(NOW)
+    checks = []
+    t = NOW
+    while t < NOW + 3 * config.join_check_after:
+        t += 0.01
+        for core in lab.cores.values():
+            core.handle_timer(t)
+        # The seed never joined: its first state check is 30-90 s away. So these are b's.
+        checks += [(round(t - NOW, 2), lab.index_of(x.destination[0])) for x in lab.deliver(t)
+                   if isinstance(wire.decode(x.data, x.channel), wire.StateCheck)]  # fmt: skip
+    assert [seed for _, seed in checks] == [0]
+    assert checks[0][0] == pytest.approx(config.join_check_after, abs=0.011)
