@@ -36,7 +36,8 @@ idle_mix_per_node_s   what the first 5 non-seed hosts send in the same window, b
                       meshd's underlay port, other (nftables counters in each host).
 idle_bytes_per_node_s all bytes the N hosts send onto the underlay (switch port counters:
                       WireGuard-wrapped probes and gossip, handshakes, keepalives, neighbour
-                      discovery) per node per second, over --idle-seconds of a converged mesh.
+                      discovery) per node per second, over --idle-seconds of a converged mesh
+                      (from 10 s after it is whole: start-up traffic is not idle).
 
 Also: nodes, repeat, membership_preset, machine; and `failed` when a phase timed out (the
 figures measured before it are still printed, later phases are skipped, exit code 1).
@@ -70,6 +71,9 @@ from meshd.meshlab import MESHD_PORT, MeshdNode, MeshLab
 
 POLL_S = 0.05
 """Polling period of the watchers: light, since the bench shares the cores with the daemons."""
+IDLE_SETTLE_S = 10.0
+"""Wait this long after the mesh is whole before the idle window: the last nodes to start still
+compare states 5 s after their join (`join_check_after`), which is start-up traffic."""
 
 
 async def until_all(
@@ -357,6 +361,7 @@ async def run(
             spare = lab.hosts[nodes]
             dns.use(spare)
             figures: dict[str, object] = {"nodes": nodes, "repeat": repeat}
+            await asyncio.sleep(IDLE_SETTLE_S)
             figures |= await bench.idle(idle_seconds)
             # Victims and movers rotate through the non-seed nodes.
             pick = [members[1 + r % (nodes - 1)] for r in range(repeat)]
