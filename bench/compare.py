@@ -484,7 +484,7 @@ async def measure_paths(
     """RTT and TCP throughput from `client` to each of `addresses` (an iperf3 server listens
     there), the paths taken in turn within each repetition: paths that are up together are
     measured under the same conditions, and the machine's drift between runs (it swings the
-    median RTT by 10 % here) falls on all of them alike."""
+    median RTT by 10-20 % here) falls on all of them alike."""
     for address in addresses:
         await client.wait_ping(address, within=20)  # handshakes done before the clock runs
     runs = [PathRuns() for _ in addresses]
