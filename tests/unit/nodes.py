@@ -5,6 +5,7 @@ message between cores until the network is quiet."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from meshd.core.config import MembershipConfig
 from meshd.core.membership import Event, MeshNode, Transmit
@@ -64,9 +65,16 @@ class Lab:
             return (h.underlay, MESHD_PORT)
         return (h.overlay_source(destination), MESHD_PORT)
 
-    def deliver(self, now: float, drop: set[int] | None = None, rounds: int = 50) -> list[Transmit]:
+    def deliver(
+        self,
+        now: float,
+        drop: set[int] | None = None,
+        rounds: int = 50,
+        lost: Callable[[str], bool] | None = None,
+    ) -> list[Transmit]:
         """Deliver everything pending (and what it triggers) at time `now`; messages to or from
-        hosts in `drop` are lost. Returns every transmit seen, in order."""
+        hosts in `drop`, and to addresses for which `lost` holds, are lost. Returns every
+        transmit seen, in order (`log` gets sender, receiver and type of each)."""
         seen: list[Transmit] = []
         for _ in range(rounds):
             batch = [(i, tx) for i, c in self.cores.items() for tx in c.datagrams_to_send()]
@@ -77,6 +85,8 @@ class Lab:
                 j = self.index_of(tx.destination[0])
                 self.log.append((i, j, type(decode(tx.data, tx.channel)).__name__))
                 if j is None or (drop and (i in drop or j in drop)):
+                    continue
+                if lost is not None and lost(tx.destination[0]):
                     continue
                 source = self.source_of(i, tx.channel, tx.destination[0])
                 self.cores[j].receive(tx.data, source, now, tx.channel)

@@ -706,17 +706,10 @@ def _exchanges(
         t += 0.01
         for core in cores:
             core.handle_timer(t)
-        for _ in range(50):
-            batch = [(i, tx) for i, c in lab.cores.items() for tx in c.datagrams_to_send()]
-            if not batch:
-                break
-            for i, tx in batch:
-                j = lab.index_of(tx.destination[0])
-                out.append((t, i, j, type(wire.decode(tx.data, tx.channel)).__name__,
-                            ":" not in tx.destination[0]))  # fmt: skip
-                if j is not None and not drop(tx.destination[0]):
-                    source = lab.source_of(i, tx.channel, tx.destination[0])
-                    lab.cores[j].receive(tx.data, source, t, tx.channel)
+        seen = lab.deliver(t, lost=drop)
+        log = lab.log[len(lab.log) - len(seen) :]
+        out += [(t, i, j, kind, ":" not in tx.destination[0])
+                for tx, (i, j, kind) in zip(seen, log, strict=True)]  # fmt: skip
     return out
 
 
