@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger("meshd")
 
 
 async def wait_event(event: asyncio.Event, seconds: float) -> bool:
@@ -19,3 +23,38 @@ async def wait_event(event: asyncio.Event, seconds: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+DUE_BUT_UNDONE_RETRY_S = 1.0
+"""How soon a deadline the pass left in the past is looked at again (see `at_deadlines`)."""
+
+
+async def at_deadlines(
+    next_after: Callable[[float], float],
+    act: Callable[[float], Awaitable[None]],
+    clock: Callable[[], float],
+    wake: asyncio.Event,
+    what: str,
+) -> None:
+    """Run `act(now)` at each deadline and whenever `wake` is set, forever. `next_after(t)` is
+    the first moment after time `t` at which something is due.
+
+    The next deadline is planned from the time of the last pass, not from a fresh reading of
+    the clock: a timer can fire a millisecond early (uvloop counts whole milliseconds from the
+    loop's cached time), and a pass that ran just before a deadline would otherwise plan the
+    one after it and skip this one for a whole period (a PSK epoch left unratcheted for 10 s
+    in test_keys). Such a pass is simply followed by another one, at the deadline."""
+    now = clock()
+    while True:
+        wake.clear()
+        deadline = next_after(now)
+        if deadline <= now:
+            # Due, yet the pass did not act on it (nothing can now, e.g. after a leave): look
+            # again later instead of spinning.
+            deadline = now + DUE_BUT_UNDONE_RETRY_S
+        delay = deadline - clock()
+        if delay > 0:
+            log.debug("%s: next change in %.3f s", what, delay)
+            await wait_event(wake, delay)
+        now = clock()
+        await act(now)

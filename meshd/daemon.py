@@ -43,7 +43,7 @@ from meshd.adapters.resolver import EndpointResolver
 from meshd.adapters.store import StateStore
 from meshd.adapters.transport import UNDERLAY, MeshTransport, Received
 from meshd.adapters.wireguard import PeerStatus, WireGuardBackend, select_backend
-from meshd.aio import wait_event
+from meshd.aio import at_deadlines, wait_event
 from meshd.config import (
     DEFAULT_CONFIG_PATH,
     Config,
@@ -838,8 +838,8 @@ class Daemon:
             times.append(self.node.cert.not_after - CERT_LEAVE_MARGIN_S)
         if self.next_wg is not None:
             times.append(self.next_wg[1] / 1000)
-        elif self.config.wg_key_rotation_s:
-            times.append(self.store.wireguard_key_since() + self.config.wg_key_rotation_s)
+        elif (due := self._rotation_due_at()) is not None:
+            times.append(due)
         if self.psk is not None:
             times.append(self.psk.next_change(now))
         if self.core is not None:
@@ -852,38 +852,35 @@ class Daemon:
         return min(times)
 
     async def _key_loop(self) -> None:
-        while True:
-            self._keys_changed.clear()
-            now = self.clock()
-            delay = self._key_deadline(now) - now
-            if delay > 0:
-                # Woken early (a rotation began, a peer announced one) or at the deadline:
-                # either way act on whatever is due now. Re-planning instead would skip a
-                # deadline just passed, since the next one is computed from the time.
-                log.debug("keys: next change in %.3f s", delay)
-                await wait_event(self._keys_changed, delay)
-                now = self.clock()
-            if not self._left and now >= self.node.cert.not_after - CERT_LEAVE_MARGIN_S:
-                log.error(
-                    "certificate serial %d expires at %s: leaving the mesh (renew it with "
-                    "meshctl cert issue, then restart meshd)",
-                    self.node.cert.serial,
-                    time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.node.cert.not_after)),
-                )
-                await self.leave()
-            self._ratchet_psk(now)
-            if self.next_wg is not None and now * 1000 >= self.next_wg[1]:
-                await self._finish_rotation(now)
-            elif (
-                self.next_wg is None
-                and self.config.wg_key_rotation_s
-                and not self._left
-                and now >= self.store.wireguard_key_since() + self.config.wg_key_rotation_s
-            ):
-                self._begin_rotation(now)
-            # Handed to the reconciler, not awaited: a slow pass must not hold up the next key
-            # deadline (the ratchet write, a secret activation).
-            self._update_desired()
+        # Woken early (a rotation began, a peer announced one) or at the deadline: either way
+        # act on whatever is due now (`at_deadlines` never plans past a deadline not acted on).
+        changed = self._keys_changed
+        await at_deadlines(self._key_deadline, self._keys_pass, self.clock, changed, "keys")
+
+    async def _keys_pass(self, now: float) -> None:
+        if not self._left and now >= self.node.cert.not_after - CERT_LEAVE_MARGIN_S:
+            log.error(
+                "certificate serial %d expires at %s: leaving the mesh (renew it with "
+                "meshctl cert issue, then restart meshd)",
+                self.node.cert.serial,
+                time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.node.cert.not_after)),
+            )
+            await self.leave()
+        self._ratchet_psk(now)
+        if self.next_wg is not None and now * 1000 >= self.next_wg[1]:
+            await self._finish_rotation(now)
+        elif (due := self._rotation_due_at()) is not None and now >= due:
+            self._begin_rotation(now)
+        # Handed to the reconciler, not awaited: a slow pass must not hold up the next key
+        # deadline (the ratchet write, a secret activation).
+        self._update_desired()
+
+    def _rotation_due_at(self) -> float | None:
+        """When our scheduled WireGuard key rotation is due (none while one is in progress,
+        when rotation is off, or after we left)."""
+        if self.next_wg is not None or not self.config.wg_key_rotation_s or self._left:
+            return None
+        return self.store.wireguard_key_since() + self.config.wg_key_rotation_s
 
     async def _apply_keys(self) -> None:
         """Apply the desired interface now (a key or PSK changed at this instant)."""

@@ -6,8 +6,9 @@ import asyncio
 import ipaddress
 import itertools
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -19,12 +20,31 @@ from meshd.lab import Lab, LabHost
 
 PORT = 51820
 _lab_counter = itertools.count()
+LOG_TAIL_LINES = 60
+"""Lines of each meshd log shown under a failed test: CI keeps nothing else of a run."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/netns/" in str(item.path) and os.geteuid() != 0:
             item.add_marker(pytest.mark.skip(reason="netns tests need root"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed netns test shows the end of every meshd log it wrote (in its tmp_path), since
+    a clean-clone CI run keeps only what pytest prints: the daemons' side of a flaky failure
+    is otherwise lost."""
+    report = yield
+    tmp = getattr(item, "funcargs", {}).get("tmp_path")
+    if report.failed and report.when in ("setup", "call") and isinstance(tmp, Path):
+        for log in sorted(tmp.glob("**/meshd.log")):
+            lines = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+            report.sections.append((f"{log.relative_to(tmp)} (last {len(lines)} lines)",
+                                    "\n".join(lines)))  # fmt: skip
+    return report
 
 
 @dataclass

@@ -1,10 +1,11 @@
 import asyncio
+import contextlib
 import sys
 from collections.abc import Awaitable, Callable
 
 import pytest
 
-from meshd.aio import wait_event
+from meshd.aio import at_deadlines, wait_event
 
 
 async def wait_for_event(event: asyncio.Event, seconds: float) -> bool:
@@ -58,3 +59,46 @@ async def test_wait_event_reports_set_and_timeout() -> None:
     assert await wait_event(event, 0.01) is False
     event.set()
     assert await wait_event(event, 10.0) is True
+
+
+class _Stop(Exception):
+    pass
+
+
+async def test_at_deadlines_acts_at_a_deadline_whose_timer_fired_just_before_it() -> None:
+    # Something changes every 10 s. The timer for 10.0 fires early: the pass runs at 9.9995
+    # and finds nothing due. The loop must run again at once, at the deadline, and not plan
+    # from the clock (10.0002 by then), which would skip to the change at 20.
+    readings = iter([0.0, 9.999, 9.9995, 10.0002, 10.0003])
+    acted: list[float] = []
+
+    async def act(now: float) -> None:
+        acted.append(now)
+        if now >= 10.0:
+            raise _Stop
+
+    def next_after(t: float) -> float:
+        return (t // 10 + 1) * 10
+
+    with pytest.raises(_Stop):
+        async with asyncio.timeout(2.0):
+            await at_deadlines(next_after, act, lambda: next(readings), asyncio.Event(), "test")
+    assert acted == [9.9995, 10.0003]
+
+
+async def test_at_deadlines_does_not_spin_on_a_deadline_the_pass_leaves_due() -> None:
+    # next_after keeps answering a past time (a rotation due after a leave): the loop waits
+    # DUE_BUT_UNDONE_RETRY_S instead of running passes back to back.
+    clock = asyncio.get_running_loop().time
+    acted: list[float] = []
+
+    async def act(now: float) -> None:
+        acted.append(now)
+        await asyncio.sleep(0)  # without the guard, a spinning loop still lets the test run
+
+    task = asyncio.create_task(at_deadlines(lambda t: 0.0, act, clock, asyncio.Event(), "test"))
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert acted == []
