@@ -27,16 +27,18 @@ Timers (all driven by `handle_timer(now)`; `get_timer()` gives the next deadline
 
 * probe, every `probe_interval` x local health (SWIM section 3.1, Lifeguard IV-A): ping the
   member we have the oldest first-hand evidence of, if that evidence is older than one probe
-  cycle (live members x period); otherwise skip the tick. Evidence is a ping or ack from the
-  member itself (WireGuard authenticates the source) or our own probe of it. SWIM's shuffled
-  round robin (section 4.3) probes each member once per cycle from each side, so every pair
-  exchanges two pings and two acks per cycle although either exchange shows both nodes alive;
-  with evidence, one exchange per pair and cycle suffices: half the idle traffic. Detection
-  time is unchanged: a crashed node's evidence expires at each member at a uniformly random
-  moment of the cycle after the crash, as its turn in a round robin would come. A new member
-  starts with evidence at a phase of the cycle that both nodes of the pair derive from their
-  ids (`_pair_phase`), so it is probed within one cycle, by each member at a different
-  moment. No ack within `probe_timeout` x health ->
+  cycle (live members x `cycle_interval`); otherwise skip the tick. Evidence is a ping or ack
+  from the member itself (WireGuard authenticates the source) or our own probe of it. SWIM's
+  shuffled round robin (section 4.3) probes each member once per cycle from each side, so
+  every pair exchanges two pings and two acks per cycle although either exchange shows both
+  nodes alive; with evidence, one exchange per pair and cycle suffices: half the idle traffic.
+  Detection time is unchanged: a crashed node's evidence expires at each member at a
+  uniformly random moment of the cycle after the crash, as its turn in a round robin would
+  come. A new member starts with evidence at a phase of the cycle that both nodes of the pair
+  derive from their ids (`_pair_phase`), so it is probed within one cycle, by each member at
+  a different moment. The cycle's share per member is a little longer than the tick (D22):
+  idle traffic follows the cycle, while the tick keeps due members and suspects probed
+  promptly. No ack within `probe_timeout` x health ->
   ping-req through `indirect_checks` members, which nack if the target stays silent
   (Lifeguard IV-A). No ack by the end of the period -> suspect it.
 * suspicion, per suspected node (Lifeguard IV-B, `suspicion.py`): starts at max, shrinks with
@@ -451,7 +453,7 @@ class MeshNode:
                                                self._live_pos)  # fmt: skip
         checked_at, heap = self._checked_at, self._probe_heap
         peers = list(peers)
-        cycle = max(1, len(peers)) * config.probe_interval
+        cycle = max(1, len(peers)) * config.cycle_interval
         for ann in peers:
             node_id = ann.cert.identity_key
             if node_id == self.node_id or ann.status is not Status.ALIVE or node_id in members:
@@ -1174,10 +1176,12 @@ class MeshNode:
         return now - (now - phase) % cycle
 
     def _probe_cycle(self) -> float:
-        """One probe per live member: SWIM's round-robin round (section 4.3). Not scaled by
-        local health: a node that slows its probes (Lifeguard) falls behind on due members and
-        probes the oldest first, but keeps probing, and the successes bring its health back."""
-        return max(1, len(self._live)) * self.config.probe_interval
+        """One check per live member: SWIM's round-robin round (section 4.3), with a member's
+        share `cycle_interval` (a little longer than the probe tick, so that due members are
+        probed at the next tick). Not scaled by local health: a node that slows its probes
+        (Lifeguard) falls behind on due members and probes the oldest first, but keeps
+        probing, and the successes bring its health back."""
+        return max(1, len(self._live)) * self.config.cycle_interval
 
     def _next_probe_target(self, now: float) -> bytes | None:
         """The live member with the oldest evidence, if older than a cycle (module doc).

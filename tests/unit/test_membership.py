@@ -501,7 +501,7 @@ def test_a_member_heard_from_within_the_cycle_is_not_probed() -> None:
     lab = Lab(3)
     a, _, _ = lab.converged(3)
     a.datagrams_to_send()
-    cycle = 2 * lab.config.probe_interval  # two live members
+    cycle = 2 * lab.config.cycle_interval  # two live members
     t = NOW
     # Both members ping a every half interval: a has fresh evidence of both and never probes.
     while t < NOW + 3 * cycle:
@@ -635,7 +635,7 @@ def test_a_member_that_just_became_live_is_not_probed_before_its_tunnel_can_be_u
     assert [type(e) for e in a.events()] == [PeerJoined, PeerSuspected]
     pinged_at: list[float] = []
     t = joined_at
-    cycle = 7 * config.probe_interval
+    cycle = 7 * config.cycle_interval
     while t < joined_at + config.first_probe_after + cycle:
         a.handle_timer(t)
         del lab.log[:]
@@ -701,7 +701,7 @@ def _exchanges(
     once (a message to an address for which `drop` holds is lost): (time, sender, receiver,
     type, over IPv4) of every message."""
     out: list[tuple[float, int, int | None, str, bool]] = []
-    t, end = start, start + cycles * len(cores) * lab.config.probe_interval
+    t, end = start, start + cycles * len(cores) * lab.config.cycle_interval
     while t < end:
         t += 0.01
         for core in cores:
