@@ -17,21 +17,22 @@ class MembershipConfig:
     """Timers and fan-outs of the SWIM/Lifeguard protocol. Times are seconds."""
 
     probe_interval: float = 0.5
-    """Time between two probes sent by a node (SWIM's protocol period T', section 3.1).
-    Default 0.5 s: half memberlist's 1 s, because the first probe of a crashed node and the
-    confirmations that shorten suspicion (Lifeguard IV-B) both arrive once per interval. Ticks
-    whose members all gave first-hand evidence within a cycle send nothing (membership.py), so
-    the idle cost is about one ping+ack (~30 bytes of payload) per node per second."""
+    """Time between two probe ticks of a node (SWIM's protocol period T', section 3.1): an
+    unanswered probe becomes a suspicion at the next tick. Default 0.5 s: half memberlist's
+    1 s, because the probes of a rumoured suspect, whose failures are the confirmations that
+    shorten suspicion (Lifeguard IV-B), are made at the next tick. Ticks whose members all gave
+    first-hand evidence within a cycle send nothing (membership.py): idle traffic is set by
+    `cycle_interval`, not by this."""
 
     cycle_interval: float = 0.75
     """Each live member's share of the probe cycle: a member is checked (probed, or heard from
     first-hand) once per cycle of live members x this (membership.py). It sets the idle
     traffic: every pair exchanges one ping and ack per cycle, so a node takes part in about
     1 / cycle_interval exchanges per second, whatever N. Default 0.75 s, 1.5 probe intervals:
-    a third less idle traffic than a cycle of N x 0.5 s (D22), for ~0.13 s more to the first
-    probe of a crashed node (the members' checks of it fall due one per cycle_interval); probe
-    timeout and suspicion, the rest of detection, do not change. Not below `probe_interval`:
-    checks would fall due faster than ticks can make them."""
+    a third less idle traffic than a cycle of N x 0.5 s (D22), for ~0.25 s more to the first
+    probe of a crashed node (the members' checks of it fall due at random moments, about one
+    per cycle_interval); probe timeout and suspicion, the rest of detection, do not change.
+    Not below `probe_interval`: checks would fall due faster than ticks can make them."""
 
     probe_timeout: float = 0.2
     """Wait for a direct ack before asking others to probe indirectly. Default 0.2 s: LAN RTT
@@ -123,6 +124,13 @@ class MembershipConfig:
 
     queue_limit: int = 4096
     """Most broadcasts held; beyond it the most-sent ones are dropped (push-pull repairs)."""
+
+    def __post_init__(self) -> None:
+        if self.cycle_interval < self.probe_interval:
+            raise ValueError(
+                f"cycle_interval {self.cycle_interval} s is below probe_interval "
+                f"{self.probe_interval} s: members would fall due faster than they are probed"
+            )
 
     @classmethod
     def lan(cls) -> MembershipConfig:

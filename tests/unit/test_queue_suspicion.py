@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -46,6 +47,12 @@ def test_take_respects_the_byte_budget() -> None:
 def test_retransmit_limit_grows_with_log_n() -> None:
     cfg = MembershipConfig.lan()
     assert [cfg.retransmit_limit(n) for n in (1, 9, 10, 99, 1000, 10000)] == [4, 4, 8, 8, 16, 20]
+
+
+def test_a_cycle_share_below_the_probe_tick_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"cycle_interval 0\.4 s is below probe_interval 0\.5 s"):
+        dataclasses.replace(MembershipConfig.lan(), cycle_interval=0.4)
+    assert dataclasses.replace(MembershipConfig.lan(), cycle_interval=0.5).cycle_interval == 0.5
 
 
 def test_suspicion_timeout_shrinks_logarithmically_with_confirmations() -> None:
