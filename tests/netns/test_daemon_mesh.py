@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from meshd.core.config import MembershipConfig
 from meshd.lab import Lab, wait_for
 from meshd.meshlab import MeshdNode, MeshLab
 
@@ -63,7 +64,8 @@ async def test_ten_nodes_form_a_full_mesh_and_a_leave_is_seen_by_all(
     ] == []
 
     # meshctl status --json on any node: nine alive peers, each with a handshake age, and a
-    # probe round-trip time once the round-robin prober has reached each of them.
+    # probe round-trip time once it has probed each of them itself: a pair takes turns, one
+    # exchange per probe cycle, so that is within two cycles of a member's first probe.
     status = await nodes[3].status()
     assert status is not None and status["connected"] is True
     assert len(status["peers"]) == N - 1
@@ -73,7 +75,9 @@ async def test_ten_nodes_form_a_full_mesh_and_a_leave_is_seen_by_all(
         status = await nodes[3].status()
         return status is not None and all(p["rtt_ms"] is not None for p in status["peers"])
 
-    await wait_for(rtts_known, 20, "a probe RTT for every peer")
+    lan = MembershipConfig.lan()
+    two_cycles = lan.first_probe_after + 2 * N * lan.cycle_interval
+    await wait_for(rtts_known, two_cycles + 5, "a probe RTT for every peer")
 
     # SIGTERM: a graceful leave, exit 0, and every other node drops it from WireGuard.
     leaver = nodes[5]
