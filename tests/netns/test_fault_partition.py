@@ -14,6 +14,8 @@ from meshd.meshlab import MeshLab
 pytestmark = pytest.mark.netns
 
 N = 6
+PAIRS_PING_WITHIN_S = 20
+"""Four times WireGuard's handshake retry (REKEY_TIMEOUT, 5 s)."""
 
 
 async def test_partition_heals_without_operator_action(run_prefix: str, tmp_path: Path) -> None:
@@ -42,4 +44,17 @@ async def test_partition_heals_without_operator_action(run_prefix: str, tmp_path
         await faults.restore(cut)
         await mesh.wait_full_mesh(nodes, within=40)
         assert await mesh.wireguard_peer_names(nodes) == full
-        assert await mesh.unreachable_pairs(nodes) == []
+
+        # Every pair passes traffic soon after: not always at the instant every node sees
+        # every other with a handshake (known, open: docs/faults.md, "right after a heal").
+        unreachable: list[str] = []
+
+        async def every_pair_pings() -> bool:
+            nonlocal unreachable
+            unreachable = await mesh.unreachable_pairs(nodes, within=1)
+            return not unreachable
+
+        try:
+            await wait_for(every_pair_pings, PAIRS_PING_WITHIN_S, "every pair to ping", 0.0)
+        except TimeoutError:
+            pytest.fail(f"{PAIRS_PING_WITHIN_S} s after the mesh was whole, no ping: {unreachable}")
