@@ -14,8 +14,9 @@ from meshd.meshlab import MeshLab
 pytestmark = pytest.mark.netns
 
 N = 6
-PAIRS_PING_WITHIN_S = 20
-"""Four times WireGuard's handshake retry (REKEY_TIMEOUT, 5 s)."""
+PAIRS_PING_WITHIN_S = 25
+"""WireGuard's re-handshake of a session that sends but hears nothing back (KEEPALIVE_TIMEOUT +
+REKEY_TIMEOUT = 15 s, plus jitter), with room: the known repair of the pair described below."""
 
 
 async def test_partition_heals_without_operator_action(run_prefix: str, tmp_path: Path) -> None:
@@ -45,8 +46,10 @@ async def test_partition_heals_without_operator_action(run_prefix: str, tmp_path
         await mesh.wait_full_mesh(nodes, within=40)
         assert await mesh.wireguard_peer_names(nodes) == full
 
-        # Every pair passes traffic soon after: not always at the instant every node sees
-        # every other with a handshake (known, open: docs/faults.md, "right after a heal").
+        # Every pair passes traffic, but not always at the instant every node sees every other
+        # with a handshake: a pair that re-added each other within milliseconds can be left
+        # with one direction undecryptable until WireGuard re-handshakes (known, open:
+        # docs/faults.md, "right after a heal").
         unreachable: list[str] = []
 
         async def every_pair_pings() -> bool:
