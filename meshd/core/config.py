@@ -108,6 +108,31 @@ class MembershipConfig:
     seeds when it knows no live member). This is what heals a partition: both halves declared
     each other dead. Default 10 s (Serf uses 30 s): bounded cost, one 1400-byte datagram."""
 
+    merge_check_interval: float = 1.0
+    """How often a node may check one seed address or old contact that is not a live member
+    (meshd.core.lookout): one 96-byte datagram, answered by a smaller one; a join follows only
+    when the answer comes from another mesh. Default 1 s: a mesh that formed apart from
+    another merges within seconds of a path opening, while a converged mesh whose seeds are
+    all members sends nothing (covered addresses are only rechecked every `covered_recheck`)."""
+
+    seed_retry_max: float = 8.0
+    """Longest wait between two checks of a seed address that does not answer, or answers from
+    another mesh that will not merge (the wait doubles from `merge_check_interval`). Default
+    8 s: a dead seed costs a node about 18 bytes/s; a seed that comes back is found within 8 s."""
+
+    contact_retry_max: float = 300.0
+    """Longest wait between two checks of an old contact (a member we forgot, or one persisted
+    by an earlier run). They are retried for as long as the node runs, so a node alone for a day
+    still finds its mesh. Default 5 min: at most `contact_limit` such contacts, a few bytes/s."""
+
+    covered_recheck: float = 600.0
+    """A seed or contact whose node is a live member is checked again this long after its last
+    answer (someone else may have taken the address). Default 10 min: the only cost of looking
+    across in a converged mesh, a small datagram per seed address every 10 minutes."""
+
+    contact_limit: int = 64
+    """Most contact addresses kept (the newest), besides the seeds."""
+
     tombstone_ttl: float = 3600.0
     """How long dead/left records are kept: they block stale gossip from resurrecting a node,
     and dead ones are reconnect candidates. Default 1 h: longer partitions need the seeds."""
@@ -151,7 +176,11 @@ class MembershipConfig:
             gossip_interval=0.05,
             push_pull_interval=2.0,
             reconnect_interval=1.0,
-            tombstone_ttl=120.0,
+            tombstone_ttl=15.0,
+            merge_check_interval=0.2,
+            seed_retry_max=1.6,
+            contact_retry_max=3.2,
+            covered_recheck=30.0,
             join_timeout=0.2,
             suspicion_min_floor=0.0,  # simulated nodes never stall
         )

@@ -56,6 +56,10 @@ Timers (all driven by `handle_timer(now)`; `get_timer()` gives the next deadline
   member (and to the seeds when no member is alive). Dead members are unreachable in the
   tunnel, so without this a 50/50 partition would stay split forever (as in wesher). A node
   that refutes its own death asks its DEAD members at once (`_reconnect_all`).
+* look across, every `merge_check_interval`: a small `MeshCheck` to one seed address or old
+  contact that is not a live member (`lookout.py`); an answer from another mesh is joined and
+  push-pulled, so meshes that formed apart merge (a cold start, a partition that outlived the
+  tombstones, a replaced seed). Nothing is sent while every seed is a member.
 * join retries and tombstone expiry.
 
 Local health (Lifeguard IV-A): a score in [0, awareness_max - 1], +1 for a failed probe whose
@@ -103,6 +107,7 @@ from meshd.core.cert import (
 from meshd.core.config import MembershipConfig
 from meshd.core.errors import LocalProtocolError, Reject, RemoteProtocolError
 from meshd.core.identity import SigningKey
+from meshd.core.lookout import Candidate, Lookout, mesh_tag
 from meshd.core.queue import BroadcastQueue
 from meshd.core.suspicion import Suspicion
 from meshd.core.wire import (
@@ -309,6 +314,22 @@ class _PendingJoin:
     retry: bool
     sync: bool = True
     """Push-pull with the answering node (a join); False for a mere notice (`tell_underlay`)."""
+    merge: bool = False
+    """Sent to a node of another mesh found by looking across (`_on_mesh_check_reply`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SplitSuspected:
+    """A seed or contact answers from a node that is not a live member of ours."""
+
+    address: Address
+    """The underlay address that answered."""
+    node_id: bytes
+    """The node that answered there."""
+    members: int
+    """How many live members it reported (itself included)."""
+    since: float
+    """Since when its answers come from outside our mesh."""
 
 
 class _Why(enum.Enum):
@@ -360,11 +381,14 @@ class MeshNode:
         peers: Iterable[Announcement] = (),
         revocations: Iterable[Revocation] = (),
         psk_ids: Iterable[bytes] = (),
+        contacts: Iterable[Address] = (),
     ) -> None:
         """`last_version`: the highest version this node signed before (persisted); the new one
         is above it and above the wall clock in ms. `peers`: verified announcements from the
         store (known peers survive restarts); they start ALIVE and are probed. `verifier` may be
-        shared between nodes (the simulator does): revocation is checked here, not there."""
+        shared between nodes (the simulator does): revocation is checked here, not there.
+        `contacts`: underlay addresses of nodes known before (persisted `contacts()`), checked
+        for another mesh like seeds (`lookout.py`)."""
         self.config = config
         self._identity = identity
         self._trust = trust
@@ -422,6 +446,18 @@ class MeshNode:
         self._suspect_heap: list[tuple[float, bytes]] = []
         self._joins: dict[bytes, _PendingJoin] = {}
         self._seeds: list[Address] = []
+        self._lookout = Lookout(
+            interval=config.merge_check_interval,
+            seed_retry_max=config.seed_retry_max,
+            contact_retry_max=config.contact_retry_max,
+            covered_recheck=config.covered_recheck,
+            contact_limit=config.contact_limit,
+        )
+        for contact in contacts:
+            self._lookout.add_contact(contact, now)
+        self._mesh_tag = mesh_tag(trust.mesh)
+        self._checks: dict[bytes, tuple[Address, float]] = {}
+        """Mesh checks sent and not yet answered: nonce -> (destination, expiry)."""
         self._joined = False
         self._bootstrap_from: set[bytes] = set()
         self._left = False
@@ -440,6 +476,7 @@ class MeshNode:
         self._next_push_pull = now + (0.5 + stagger) * config.push_pull_interval
         self._next_reconnect = now + (0.5 + stagger) * config.reconnect_interval
         self._next_reap = now + min(1.0, config.tombstone_ttl / 10)
+        self._next_look = now + stagger * config.merge_check_interval
 
         self._me = sign_announcement(
             identity, certificate, version=max(last_version + 1, int(now * 1000)),
@@ -536,15 +573,43 @@ class MeshNode:
             t = min(t, pending.deadline)
         if self._tombstones:
             t = min(t, self._next_reap)
+        if len(self._lookout):
+            # Every look, not only when a candidate is due: a covered one whose node has just
+            # died is due again at once (`Lookout.next_due`). The probe tick wakes as often.
+            t = min(t, self._next_look)
         return t
 
     # --- public API: commands ----------------------------------------------------------------
 
     def join(self, seeds: Iterable[Address], now: float) -> None:
-        """Send a join request to every seed over the underlay (retried until one answers)."""
+        """Send a join request to every seed address over the underlay (retried until one
+        answers); they are looked across to from then on (`set_seeds`)."""
         self._seeds = [(h, p) for h, p in seeds]
+        # Their first check waits for the join's answer, which covers them (`_on_join_reply`).
+        self._lookout.set_seeds(self._seeds, now, first_at=now + self.config.join_timeout)
         for seed in self._seeds:
             self._send_join(seed, now, wire.MemberState.UNKNOWN, 0, hops=0, retry=True)
+
+    def set_seeds(self, seeds: Iterable[Address], now: float) -> None:
+        """The seed addresses now: every address of every seed name, our own left out by the
+        caller (an answer from ourselves is recognised too). New ones are checked for another
+        mesh at the next look (`lookout.py`)."""
+        self._seeds = [(h, p) for h, p in seeds]
+        self._lookout.set_seeds(self._seeds, now)
+
+    def contacts(self) -> list[Address]:
+        """Underlay addresses of nodes we knew and forgot, newest first: persist them and give
+        them back at the next start (`contacts=`), so a restarted node still looks for them."""
+        return self._lookout.contacts()
+
+    def split_suspected(self) -> list[SplitSuspected]:
+        """Seeds and contacts that answer from a node outside our live members: another mesh
+        we are merging with (for a moment) or cannot merge with (shown by `meshctl status`)."""
+        return [
+            SplitSuspected(c.address, c.owner, c.foreign_members, c.foreign_since)
+            for c in self._lookout.split_suspected(self._covers)
+            if c.owner is not None and c.foreign_since is not None
+        ]
 
     def leave(self, now: float) -> None:
         """Sign and spread a LEFT announcement; stop probing. Keep calling `handle_timer` until
@@ -663,6 +728,10 @@ class MeshNode:
             self._next_reap = now + min(1.0, cfg.tombstone_ttl / 10)
             self._reap(now)
             self._drop_expired(now)
+        if now >= self._next_look:
+            self._next_look = now + cfg.merge_check_interval
+            if not self._left and len(self._lookout):
+                self._look_across(now)
         self._flush_fresh()
 
     # --- membership table --------------------------------------------------------------------
@@ -742,6 +811,12 @@ class MeshNode:
             self._tombstones.discard(node_id)
             self._rtt.pop(node_id, None)
             self._forget_addresses(m)
+            if m.state is MemberState.DEAD:
+                # Forgotten, but perhaps only cut off for longer than the tombstone lived: keep
+                # asking its addresses for another mesh (`lookout.py`). A node that left
+                # said goodbye; it comes back through the seeds if it does.
+                for host, _ in m.ann.endpoints:
+                    self._lookout.add_contact((host, m.ann.meshd_port), now, owner=node_id)
 
     def _forget_addresses(self, m: Member) -> None:
         # Only if still its own: a pool address may have gone to a newer node since.
@@ -898,6 +973,12 @@ class MeshNode:
             return
         if isinstance(msg, wire.JoinReply):
             self._on_join_reply(msg, source, now)
+            return
+        if isinstance(msg, wire.MeshCheck):
+            self._on_mesh_check(msg, len(data), source)
+            return
+        if isinstance(msg, wire.MeshCheckReply):
+            self._on_mesh_check_reply(msg, source, now)
             return
         sender = self._sender(source)
         if sender is not None:
@@ -1345,12 +1426,12 @@ class MeshNode:
 
     def _send_join(
         self, destination: Address, now: float, target_state: MemberState, target_version: int,
-        *, hops: int, retry: bool, attempts: int = 1, sync: bool = True,
+        *, hops: int, retry: bool, attempts: int = 1, sync: bool = True, merge: bool = False,
     ) -> None:  # fmt: skip
         nonce = self._rng.randbytes(wire.NONCE_LEN)
         msg = wire.JoinRequest(nonce, self._me.raw, target_version, target_state)
         self._joins[nonce] = _PendingJoin(
-            destination, now + self.config.join_timeout, attempts, hops, retry, sync
+            destination, now + self.config.join_timeout, attempts, hops, retry, sync, merge
         )
         self._send(destination, wire.encode(msg), Channel.UNDERLAY)
 
@@ -1403,6 +1484,7 @@ class MeshNode:
             return
         self._apply_announcement(ann, source, now, _Why.GOSSIP)
         m = self._members[ann.node_id]
+        self._lookout.answered(source, ann.node_id, False, 0, now)  # when it is a seed
         if (
             msg.requester_state in (MemberState.SUSPECT, MemberState.DEAD)
             and msg.requester_version == self._me.version
@@ -1421,6 +1503,12 @@ class MeshNode:
             return
         if not pending.sync:
             return
+        if pending.merge:
+            # Looked across and found another mesh: its members reach ours by gossip, which a
+            # member whose WireGuard does not have the sender yet drops; compare states again
+            # once that burst has passed, as after a join.
+            self.stats["merges"] += 1
+            self._next_push_pull = min(self._next_push_pull, now + self.config.join_check_after)
         if not self._joined:
             self._bootstrap_from.add(ann.node_id)
             # Joins gossiped to us before our WireGuard had their senders were lost: compare
@@ -1428,6 +1516,55 @@ class MeshNode:
             self._next_push_pull = min(self._next_push_pull, now + self.config.join_check_after)
         self._joined = True
         self._send_push_pull(m, full=True)
+
+    # --- looking across: merging meshes that formed apart (lookout.py) -------------------------
+
+    def _covers(self, node_id: bytes) -> bool:
+        """True when `node_id` is in our mesh: ourselves or a live member."""
+        return node_id == self.node_id or node_id in self._live_pos
+
+    def _look_across(self, now: float) -> None:
+        for nonce in [n for n, (_, expiry) in self._checks.items() if expiry <= now]:
+            del self._checks[nonce]
+        candidate: Candidate | None = self._lookout.next_due(now, self._covers)
+        if candidate is None:
+            return
+        nonce = self._rng.randbytes(wire.NONCE_LEN)
+        self._checks[nonce] = (candidate.address, now + self.config.join_timeout)
+        self.stats["mesh_checks"] += 1
+        self._send(candidate.address, wire.encode(wire.MeshCheck(nonce, self._mesh_tag)),
+                   Channel.UNDERLAY)  # fmt: skip
+
+    def _on_mesh_check(self, msg: wire.MeshCheck, size: int, source: Address) -> None:
+        """A stranger (or a member) asks which mesh we are in. The answer is unsigned and no
+        larger than the question: it changes nothing here and amplifies nothing."""
+        if msg.mesh_tag != self._mesh_tag:
+            raise RemoteProtocolError(Reject.WRONG_MESH, "mesh check for another mesh")
+        if self._left:
+            return
+        reply = wire.MeshCheckReply(msg.nonce, self.node_id, self.state_hash(),
+                                    len(self._live) + 1)  # fmt: skip
+        data = wire.encode(reply)
+        if len(data) > size:  # cannot happen with a padded check; kept as the rule's guard
+            self.stats["join_reply_suppressed"] += 1
+            return
+        self._send(source, data, Channel.UNDERLAY)
+
+    def _on_mesh_check_reply(self, msg: wire.MeshCheckReply, source: Address, now: float) -> None:
+        pending = self._checks.get(msg.nonce)
+        if pending is None or pending[0] != source:
+            raise RemoteProtocolError(Reject.UNKNOWN_SENDER, "mesh check reply to no check of ours")
+        del self._checks[msg.nonce]
+        foreign = not self._covers(msg.node_id)
+        self._lookout.answered(source, msg.node_id, foreign, msg.members, now)
+        if not foreign or self._left:
+            return
+        # Another mesh (or a node we hold dead): join it. The join is signed both ways, and
+        # its push-pull brings each side the other's members, which gossip spreads on.
+        m = self._members.get(msg.node_id)
+        self.stats["merge_joins"] += 1
+        state, version = (m.state, m.version) if m is not None else (MemberState.UNKNOWN, 0)
+        self._send_join(source, now, state, version, hops=0, retry=False, merge=True)
 
     def _dead(self) -> list[bytes]:
         return [n for n in self._tombstones if self._members[n].state is MemberState.DEAD]

@@ -46,6 +46,10 @@ JOIN_REQUEST_SIZE = 1400
 MAX_STREAM_MESSAGE = 32 * 1024 * 1024
 MAX_STREAM_ITEMS = 1 << 20
 NONCE_LEN = 8
+MESH_TAG_LEN = 8
+# A mesh check is padded to this size so that its reply (nonce, node id, state hash, a count:
+# ~70 bytes) is never larger: like the join, an answer to a stranger never amplifies.
+MESH_CHECK_SIZE = 96
 STATE_HASH_LEN = 16
 MAX_SEQ = 2**32 - 1
 MAX_VERSION = 2**64 - 1
@@ -228,6 +232,8 @@ class MessageType(enum.IntEnum):
     PUSH_PULL_REQUEST = 8
     PUSH_PULL_REPLY = 9
     STATE_CHECK = 10
+    MESH_CHECK = 11
+    MESH_CHECK_REPLY = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +276,46 @@ class JoinReply:
 
     def fields(self) -> tuple[Any, ...]:
         return (self.nonce, self.announcement, self.requester_version, int(self.requester_state))
+
+
+@dataclass(frozen=True, slots=True)
+class MeshCheck:
+    """Underlay: "which mesh are you in?", sent to a seed address or an old contact that is
+    not a live member (merging, meshd.core.lookout). Small, so that looking across costs a
+    node one short datagram per check; a full join follows only when the answer shows another
+    mesh. Padded to `MESH_CHECK_SIZE`."""
+
+    TYPE: ClassVar[MessageType] = MessageType.MESH_CHECK
+    CHANNELS: ClassVar[frozenset[Channel]] = frozenset({Channel.UNDERLAY})
+
+    nonce: bytes
+    """8 random bytes the reply must echo."""
+    mesh_tag: bytes
+    """8 bytes derived from the mesh name (`mesh_tag`): a node of another mesh stays silent."""
+
+    def fields(self) -> tuple[Any, ...]:
+        return (self.nonce, self.mesh_tag)
+
+
+@dataclass(frozen=True, slots=True)
+class MeshCheckReply:
+    """Underlay: who answers at that address and what it sees. Unsigned: it only decides
+    whether the asker sends a (signed) join request to the address it asked, nothing else."""
+
+    TYPE: ClassVar[MessageType] = MessageType.MESH_CHECK_REPLY
+    CHANNELS: ClassVar[frozenset[Channel]] = frozenset({Channel.UNDERLAY})
+
+    nonce: bytes
+    """The check's nonce."""
+    node_id: bytes
+    """Identity key of the answering node."""
+    state_hash: bytes
+    """Its state hash (`MeshNode.state_hash`)."""
+    members: int
+    """How many live members it knows (shown when the meshes differ)."""
+
+    def fields(self) -> tuple[Any, ...]:
+        return (self.nonce, self.node_id, self.state_hash, self.members)
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,6 +468,8 @@ Message = (
     | PushPullRequest
     | PushPullReply
     | StateCheck
+    | MeshCheck
+    | MeshCheckReply
 )
 
 
@@ -494,6 +542,23 @@ def _from_fields(kind: int, f: tuple[Any, ...]) -> Message:
     if kind == MessageType.STATE_CHECK:
         n(1)
         return StateCheck(enc.expect_bytes(f[0], "state hash", STATE_HASH_LEN))
+    if kind == MessageType.MESH_CHECK:
+        n(3)
+        padding = enc.expect_bytes(f[2], "padding", max_len=MESH_CHECK_SIZE)
+        if padding.count(0) != len(padding):
+            raise RemoteProtocolError(Reject.MALFORMED, "mesh check padding is not zeros")
+        return MeshCheck(
+            enc.expect_bytes(f[0], "nonce", NONCE_LEN),
+            enc.expect_bytes(f[1], "mesh tag", MESH_TAG_LEN),
+        )
+    if kind == MessageType.MESH_CHECK_REPLY:
+        n(4)
+        return MeshCheckReply(
+            enc.expect_bytes(f[0], "nonce", NONCE_LEN),
+            _node_id(f[1], "node"),
+            enc.expect_bytes(f[2], "state hash", STATE_HASH_LEN),
+            enc.expect_int(f[3], "members", 0, MAX_SEQ),
+        )
     raise RemoteProtocolError(Reject.UNKNOWN_TYPE, f"message type {kind}")
 
 
@@ -508,15 +573,24 @@ def channel_of(msg: Message) -> Channel:
     return channel
 
 
+_PADDED_SIZE: dict[MessageType, int] = {
+    MessageType.JOIN_REQUEST: JOIN_REQUEST_SIZE,
+    MessageType.MESH_CHECK: MESH_CHECK_SIZE,
+}
+"""Requests from strangers on the underlay are padded so that no answer is larger."""
+
+
 def encode(msg: Message) -> bytes:
-    """Envelope + canonical msgpack. A `JoinRequest` is padded to `JOIN_REQUEST_SIZE`."""
-    if isinstance(msg, JoinRequest):
+    """Envelope + canonical msgpack. A `JoinRequest` is padded to `JOIN_REQUEST_SIZE`, a
+    `MeshCheck` to `MESH_CHECK_SIZE`."""
+    size = _PADDED_SIZE.get(msg.TYPE)
+    if size is not None:
         base = msg.fields()
-        pad = max(0, JOIN_REQUEST_SIZE - len(PREFIX + enc.pack((msg.TYPE.value, *base, b""))))
+        pad = max(0, size - len(PREFIX + enc.pack((msg.TYPE.value, *base, b""))))
         # The bin header grows from 2 to 3 bytes at 256 bytes of padding: trim to land exactly.
         for p in (pad, pad - 1, pad - 2):
             data = PREFIX + enc.pack((msg.TYPE.value, *base, bytes(max(p, 0))))
-            if len(data) <= JOIN_REQUEST_SIZE:
+            if len(data) <= size:
                 return data
         return data
     return PREFIX + enc.pack((msg.TYPE.value, *msg.fields()))
@@ -554,9 +628,10 @@ def decode(data: bytes, channel: Channel) -> Message:
         raise RemoteProtocolError(
             Reject.WRONG_CHANNEL, f"{type(msg).__name__} is not accepted on the {channel}"
         )
-    if isinstance(msg, JoinRequest) and len(data) < JOIN_REQUEST_SIZE:
+    size = _PADDED_SIZE.get(msg.TYPE)
+    if size is not None and len(data) < size:
         raise RemoteProtocolError(
             Reject.MALFORMED,
-            f"join request of {len(data)} bytes: must be padded to {JOIN_REQUEST_SIZE}",
+            f"{type(msg).__name__} of {len(data)} bytes: must be padded to {size}",
         )
     return msg

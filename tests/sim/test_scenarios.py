@@ -172,3 +172,86 @@ def test_flood_of_replayed_and_stale_gossip_changes_nothing() -> None:
     assert net.snapshot() == before
     assert [r.event for r in net.recorded if not isinstance(r.event, MessageRejected)] == []
     assert net.rejected["stale"] > 0
+
+
+def one_mesh(net: SimNet) -> bool:
+    """Every up node holds every other up node alive."""
+    up = net.up_indices()
+    return all(len(h.core.live_members()) == len(up) - 1 for h in net.hosts if h.up and h.core)
+
+
+def test_meshes_formed_apart_through_different_seeds_merge_when_a_path_opens() -> None:
+    # The same seed list everywhere (each seed lists itself too), but the two halves cannot
+    # reach each other while they start: each forms a mesh around the seed it reaches.
+    n = 12
+    net = SimNet(n, seed=21)
+    left, right = range(n // 2), range(n // 2, n)
+    net.partition([left, right])
+    for i in range(n):
+        net.start(i, seeds=[0, n // 2])
+    net.run_for(20)
+    assert {len(h.core.live_members()) for h in net.hosts if h.core} == {n // 2 - 1}
+    checks_before = sum(h.core.stats["mesh_checks"] for h in net.hosts if h.core)
+    assert checks_before > 0  # each node kept looking at the seed it could not reach
+    net.heal()
+    t0 = net.now
+    assert net.run_for(30, lambda: one_mesh(net))
+    assert net.now - t0 < net.config.seed_retry_max + 3
+    merges = sum(h.core.stats["merges"] for h in net.hosts if h.core)
+    assert merges >= 1
+    # Once merged, every seed is a member: looking across falls silent.
+    net.run_for(5)
+    checks = sum(h.core.stats["mesh_checks"] for h in net.hosts if h.core)
+    net.run_for(60)
+    assert sum(h.core.stats["mesh_checks"] for h in net.hosts if h.core) == checks
+    assert all(h.core.split_suspected() == [] for h in net.hosts if h.core)
+
+
+def test_a_partition_that_outlives_the_tombstones_heals_through_old_contacts() -> None:
+    # No seeds at all: only what each node remembers of the other half.
+    n = 12
+    config = MembershipConfig.local()
+    net = SimNet(n, seed=22, config=config)
+    net.start_converged()
+    net.run_for(2)
+    left, right = range(n // 2), range(n // 2, n)
+    net.partition([left, right])
+    net.run_for(10 + config.tombstone_ttl + 2)
+    # The other half is forgotten (tombstones reaped), not merely held dead.
+    assert {len(h.core.members()) for h in net.hosts if h.core} == {n // 2 - 1}
+    assert {len(h.core.contacts()) for h in net.hosts if h.core} == {n // 2}
+    net.heal()
+    t0 = net.now
+    assert net.run_for(30, lambda: one_mesh(net))
+    assert net.now - t0 < config.contact_retry_max + 3
+
+
+def test_a_node_alone_for_long_keeps_asking_its_contacts() -> None:
+    config = MembershipConfig.local()
+    net = SimNet(6, seed=23, config=config)
+    net.start_converged()
+    net.run_for(2)
+    net.partition([[0], range(1, 6)])
+    net.run_for(600)  # forty tombstone lifetimes
+    lonely = net.hosts[0].core
+    assert lonely is not None and lonely.members() == []
+    sent = lonely.stats["mesh_checks"]
+    # Backed off, but still asking: about one check per contact per contact_retry_max.
+    assert 5 * 550 / config.contact_retry_max / 2 < sent < 5 * 600 / config.merge_check_interval
+    net.heal()
+    assert net.run_for(config.contact_retry_max + 3, lambda: one_mesh(net))
+
+
+def test_a_seed_list_that_names_the_node_itself_works() -> None:
+    n = 6
+    net = SimNet(n, seed=24)
+    for i in range(n):
+        net.start(i, seeds=[0, 1])  # 0 and 1 list themselves
+    assert net.run_for(20, lambda: one_mesh(net))
+    for i in (0, 1):
+        core = net.hosts[i].core
+        assert core is not None
+        own = net.underlay_address(i)
+        assert core.split_suspected() == []
+        assert core.stats["merge_joins"] == 0
+        assert own not in core.contacts()

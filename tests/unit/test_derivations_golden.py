@@ -5,6 +5,7 @@ import ipaddress
 
 from meshd.core.cert import decode_certificate, issue_certificate
 from meshd.core.identity import SigningKey, WireGuardKey, mesh_prefix, overlay_ipv6, pool_ipv4
+from meshd.core.lookout import mesh_tag
 
 KEY = SigningKey(bytes(range(32)))
 
@@ -12,6 +13,11 @@ KEY = SigningKey(bytes(range(32)))
 def test_mesh_prefix_is_pinned() -> None:
     assert str(mesh_prefix("prod")) == "fd44:c16d:b708::/48"
     assert str(mesh_prefix("example")) == "fd63:ddab:4c3c::/48"
+
+
+def test_mesh_tag_is_pinned() -> None:
+    # Nodes of one mesh must agree on it, or they never answer each other's mesh checks.
+    assert mesh_tag("prod").hex() == "3cc53be04ad61189"
 
 
 def test_identity_public_key_is_pinned() -> None:

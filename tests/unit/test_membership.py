@@ -792,3 +792,75 @@ def test_a_node_that_joined_compares_states_again_soon_after() -> None:
                    if isinstance(wire.decode(x.data, x.channel), wire.StateCheck)]  # fmt: skip
     assert [seed for _, seed in checks] == [0]
     assert checks[0][0] == pytest.approx(config.join_check_after, abs=0.011)
+
+
+def test_looking_across_finds_another_mesh_with_one_small_check_then_joins_it() -> None:
+    lab = Lab(4)
+    a, b = lab.converged(2)
+    c = lab.core(2)
+    d = lab.core(3, peers=[c.announcement])
+    c2 = lab.core(2, peers=[d.announcement], last_version=c.announcement.version)
+    for core in (a, b, c2, d):
+        core.events()
+    # a knows c's address as a seed; nothing else connects the two meshes {a, b} and {c, d}.
+    a.set_seeds([lab.net.underlay_address(2)], NOW)
+    a.handle_timer(NOW + 1)
+    sent = lab.deliver(NOW + 1)
+    kinds = [(type(wire.decode(t.data, t.channel)).__name__, len(t.data)) for t in sent
+             if t.channel is Channel.UNDERLAY]  # fmt: skip
+    assert kinds[:3] == [
+        ("MeshCheck", wire.MESH_CHECK_SIZE),
+        ("MeshCheckReply", kinds[1][1]),
+        ("JoinRequest", wire.JOIN_REQUEST_SIZE),
+    ]
+    assert kinds[1][1] < wire.MESH_CHECK_SIZE
+    assert a.stats["merges"] == 1
+    # The push-pull after the join brought each side the other's members.
+    assert {m.ann.name for m in a.members() if m.state is MemberState.ALIVE} == {"n1", "n2", "n3"}
+    assert {m.ann.name for m in c2.members() if m.state is MemberState.ALIVE} == {"n0", "n1", "n3"}
+    assert a.split_suspected() == []
+
+
+def test_a_converged_node_whose_seeds_are_members_sends_no_checks() -> None:
+    lab = Lab(3)
+    a, _, _ = lab.converged(3)
+    a.set_seeds([lab.net.underlay_address(1), lab.net.underlay_address(2)], NOW)
+    for k in (1, 2):
+        a.handle_timer(NOW + k)
+        lab.deliver(NOW + k)  # one check each, answered by members: covered from now on
+    assert a.stats["mesh_checks"] == 2 and a.stats["merge_joins"] == 0
+    recheck = a.config.covered_recheck
+    for k in range(3, int(recheck)):
+        a.handle_timer(NOW + k)
+        lab.deliver(NOW + k)
+    assert a.stats["mesh_checks"] == 2  # nothing until the covered addresses' recheck
+    for k in range(int(recheck), int(4 * recheck)):
+        a.handle_timer(NOW + k)
+        lab.deliver(NOW + k)
+    assert a.stats["mesh_checks"] == 2 + 2 * 3 and a.stats["merge_joins"] == 0
+
+
+def test_a_mesh_check_for_another_mesh_or_a_reply_to_no_check_is_refused() -> None:
+    lab = Lab(2)
+    a = lab.core(0)
+    src = lab.source_of(1, Channel.UNDERLAY)
+    a.receive(wire.encode(wire.MeshCheck(bytes(8), bytes(8))), src, NOW, Channel.UNDERLAY)
+    reply = wire.MeshCheckReply(bytes(8), lab.host(1).node_id, bytes(16), 5)
+    a.receive(wire.encode(reply), src, NOW, Channel.UNDERLAY)
+    assert [e.reason for e in a.events() if isinstance(e, MessageRejected)] == [
+        Reject.WRONG_MESH,
+        Reject.UNKNOWN_SENDER,
+    ]
+    assert a.datagrams_to_send() == []
+    assert a.split_suspected() == [] and a.stats["merge_joins"] == 0
+
+
+def test_a_node_that_finds_itself_at_a_seed_address_never_joins_it() -> None:
+    lab = Lab(1)
+    a = lab.core(0)
+    a.join([lab.net.underlay_address(0)], NOW)
+    for k in range(1, 60):
+        a.handle_timer(NOW + k / 2)
+        lab.deliver(NOW + k / 2)
+    assert a.members() == [] and a.stats["merge_joins"] == 0
+    assert a.stats["mesh_checks"] == 1  # one check showed the address is ours

@@ -38,6 +38,9 @@ messages = st.one_of(
     st.builds(wire.Nack, seqs),
     st.builds(wire.Gossip, item_lists),
     st.builds(wire.StateCheck, st.binary(min_size=16, max_size=16)),
+    st.builds(wire.MeshCheck, st.binary(min_size=8, max_size=8), st.binary(min_size=8, max_size=8)),
+    st.builds(wire.MeshCheckReply, st.binary(min_size=8, max_size=8), ids,
+              st.binary(min_size=16, max_size=16), seqs),
     st.builds(wire.PushPullRequest, st.binary(min_size=16, max_size=16), digests),
     st.builds(wire.PushPullReply, st.binary(min_size=16, max_size=16), digests,
               st.lists(blobs, max_size=5).map(tuple)),
@@ -89,6 +92,20 @@ def test_join_request_is_padded_to_fixed_size_and_short_ones_refused() -> None:
     with pytest.raises(RemoteProtocolError) as err:
         wire.decode(unpadded, Channel.UNDERLAY)
     assert err.value.reason is Reject.MALFORMED
+
+
+def test_mesh_check_is_padded_and_never_smaller_than_its_largest_reply() -> None:
+    check = wire.encode(wire.MeshCheck(bytes(8), bytes(8)))
+    assert len(check) == wire.MESH_CHECK_SIZE
+    largest = wire.MeshCheckReply(b"\xff" * 8, b"\xff" * 32, b"\xff" * 16, wire.MAX_SEQ)
+    assert len(wire.encode(largest)) <= len(check)
+    unpadded = wire.PREFIX + wire.enc.pack((11, bytes(8), bytes(8), b""))
+    with pytest.raises(RemoteProtocolError) as err:
+        wire.decode(unpadded, Channel.UNDERLAY)
+    assert err.value.reason is Reject.MALFORMED
+    with pytest.raises(RemoteProtocolError) as err:
+        wire.decode(check, Channel.OVERLAY)
+    assert err.value.reason is Reject.WRONG_CHANNEL
 
 
 def test_envelope_errors_have_their_reasons() -> None:
