@@ -30,6 +30,17 @@ nat_move_resume_s     one node moves behind a NAT router (nftables masquerade, N
                       announced endpoints are unreachable now: peers must keep the address
                       WireGuard learnt from its packets. It moves back onto the LAN after
                       each run (two nodes behind two NATs cannot reach each other).
+split_merge_s         every node is stopped and its state wiped; all N start at once with the
+                      same configuration, whose only seed is a DNS name with two addresses
+                      (node 0 and node N/2, which list the name too): time from the start
+                      until every node sees every other alive with a handshake (issue 21:
+                      before, each seed found only itself and two meshes formed for good).
+                      `split_merge_after_up_s`: the same from when the last API answered
+                      (the start of N Python daemons on two cores takes seconds of CPU).
+bridge_merge_s        the same fresh start, but the two halves cannot reach each other
+                      (nftables), so each forms a mesh around the seed it reaches; once both
+                      are whole the cut is removed: time until every node sees every other
+                      alive with a handshake (one mesh, no restart).
 idle_mix_per_node_s   what the first 5 non-seed hosts send in the same window, by kind: packets
                       and bytes (IP layer) per node per second of WireGuard data (probes,
                       gossip), WireGuard keepalives and handshakes, neighbour discovery, ARP,
@@ -186,6 +197,8 @@ class FaultBench:
         self.leave_seen: list[float] = []
         self.done_at: dict[str, float] = {}
         """Per node, the seconds of the last measure (`slowest`)."""
+        self.after_up: list[float] = []
+        """split_merge_s counted from when the last node's API answered."""
 
     def slowest(self) -> str:
         """The node that took longest in the last measure, for the stderr line: where to look
@@ -314,6 +327,48 @@ class FaultBench:
         await self.mesh.wait_full_mesh(self.nodes, within=60)
         return took
 
+    async def fresh_start(self, dns: LabDns) -> None:
+        """Stop every node, wipe its state (as a new install) and give all the same config:
+        one seed name for node 0 and node N/2."""
+        for n in self.nodes:
+            if n.running:
+                await self.mesh.stop(n)
+            shutil.rmtree(n.directory / "state", ignore_errors=True)
+        seeds = [self.nodes[0], self.nodes[len(self.nodes) // 2]]
+        await dns.set("seed.lab", [str(n.host.underlay_v6.ip) for n in seeds])
+        for n in self.nodes:
+            dns.use(n.host)
+            n.seeds = [f"seed.lab:{MESHD_PORT}"]
+            self.mesh.write_config(n)
+
+    async def start_all(self) -> float:
+        """Start every node at once; returns the monotonic time the last API answered."""
+        await asyncio.gather(*(self.mesh.start(n) for n in self.nodes))
+        await asyncio.gather(*(self.mesh.wait_api(n, 60) for n in self.nodes))
+        return time.monotonic()
+
+    async def split_merge(self, dns: LabDns) -> float:
+        await self.fresh_start(dns)
+        t0 = time.monotonic()
+        up = asyncio.create_task(self.start_all())
+        await self.mesh.wait_full_mesh(self.nodes, within=120)
+        done = time.monotonic()
+        self.after_up.append(done - await up)
+        return done - t0
+
+    async def bridge_merge(self, dns: LabDns) -> float:
+        await self.fresh_start(dns)
+        half = len(self.nodes) // 2
+        a, b = self.nodes[:half], self.nodes[half:]
+        cut = await self.faults.partition([n.host for n in a], [n.host for n in b])
+        await self.start_all()
+        await self.mesh.wait_full_mesh(a, within=120)
+        await self.mesh.wait_full_mesh(b, within=120)
+        await self.faults.restore(cut)
+        t0 = time.monotonic()
+        await self.mesh.wait_full_mesh(self.nodes, within=120)
+        return time.monotonic() - t0
+
     async def partition(self) -> float:
         half = len(self.nodes) // 2
         a, b = self.nodes[:half], self.nodes[half:]
@@ -344,7 +399,11 @@ def summary(name: str, runs: list[float]) -> dict[str, object]:
 
 
 async def run(
-    nodes: int, repeat: int, idle_seconds: float, keep_logs: Path | None = None
+    nodes: int,
+    repeat: int,
+    idle_seconds: float,
+    keep_logs: Path | None = None,
+    only: set[str] | None = None,
 ) -> dict[str, object]:
     if nodes < 4:
         raise ValueError("bench faults needs at least 4 nodes (a 50/50 partition of 2+2)")
@@ -379,6 +438,9 @@ async def run(
                 ("dns_change_resume_s", by_name),
                 ("partition_heal_s", lambda r: bench.partition()),
                 ("nat_move_resume_s", lambda r: bench.nat_move(pick[r])),
+                # Last: they restart every node from a wiped state.
+                ("split_merge_s", lambda r: bench.split_merge(dns)),
+                ("bridge_merge_s", lambda r: bench.bridge_merge(dns)),
             ]
 
             async def timed(key: str, r: int, measure: Callable[[int], Awaitable[float]]) -> float:
@@ -390,6 +452,11 @@ async def run(
                       f" (slowest: {bench.slowest()})", file=sys.stderr)  # fmt: skip
                 return took
 
+            if only:
+                unknown = only - {key for key, _ in phases}
+                if unknown:
+                    raise ValueError(f"--only: no phase {', '.join(sorted(unknown))}")
+                phases = [(key, measure) for key, measure in phases if key in only]
             try:
                 for key, measure in phases:
                     # A phase that times out leaves the mesh unhealthy: report what was
@@ -399,6 +466,8 @@ async def run(
                                                  for r in range(repeat)])  # fmt: skip
                         if key == "leave_removed_all_s":
                             figures |= summary("leave_all_s", bench.leave_seen)
+                        if key == "split_merge_s":
+                            figures |= summary("split_merge_after_up_s", bench.after_up)
                     except TimeoutError as exc:
                         figures["failed"] = f"{key}: {exc}"
                         break
@@ -423,6 +492,11 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
+        "--only",
+        metavar="KEYS",
+        help="comma-separated phases to run (e.g. split_merge_s,bridge_merge_s); idle always",
+    )
+    parser.add_argument(
         "--keep-logs", type=Path, metavar="DIR", help="copy every daemon's log into DIR at the end"
     )
     args = parser.parse_args(argv)
@@ -430,7 +504,8 @@ def main(argv: list[str]) -> int:
         print("bench faults: needs root (network namespaces)", file=sys.stderr)
         return 2
     try:
-        result = asyncio.run(run(args.nodes, args.repeat, args.idle_seconds, args.keep_logs))
+        only = set(args.only.split(",")) if args.only else None
+        result = asyncio.run(run(args.nodes, args.repeat, args.idle_seconds, args.keep_logs, only))
     except ValueError as exc:
         print(f"bench faults: {exc}", file=sys.stderr)
         return 2

@@ -5,17 +5,30 @@ settings). One mesh is built pre-converged and then, in order: idle traffic is m
 nodes join one after the other, a few crash, a few leave, then random loss is switched on to
 count false positives. Each "..._all_s" figure is the time until the *last* live node saw the
 change (median and worst of `--trials`).
+
+Merging (issue 21), each on a mesh of its own, until every node holds every other alive:
+
+split_merge_s       two halves formed apart around two seeds (a cold start where each seed found
+                    only itself, or a partition at start-up): every node lists both seeds; the
+                    halves cannot reach each other for 30 s, then they can.
+tombstone_merge_s   one mesh cut in two for longer than the dead timeout and the tombstones
+                    (tombstone_ttl 60 s for this case, else LAN settings) and no seeds at all:
+                    only the forgotten members' addresses (contacts) are left to look across to.
+*_messages_per_node  messages sent per node from the heal until one mesh (joins, push-pulls,
+                    the gossip of N/2 new members, probes of them).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
 import time
 from collections.abc import Callable
 
+from meshd.core.config import MembershipConfig
 from meshd.core.membership import PeerDead, PeerSuspected
 from meshd.core.wire import MemberState
 from tests.sim.simnet import SimNet
@@ -70,6 +83,73 @@ def _loss_run(net: SimNet, loss: float, seconds: float) -> dict[str, float]:
         "false_positives_per_node_hour": len(deaths) / node_hours,
         "suspicions_per_node_hour": len(suspicions) / node_hours,
         "node_hours": node_hours,
+    }
+
+
+def _one_mesh(net: SimNet) -> bool:
+    up = len(net.up_indices())
+    return all(h.core.live_count == up - 1 for h in net.hosts if h.up and h.core)
+
+
+def _until_one_mesh(net: SimNet, limit: float, step: float = 0.05) -> float:
+    """Simulated seconds until one mesh, checked every `step` (a check per event would cost
+    O(N) for each of the ~N^2/2 events of a merge)."""
+    t0 = net.now
+    while net.now - t0 < limit:
+        net.run_for(step)
+        if _one_mesh(net):
+            return net.now - t0
+    return float("inf")
+
+
+def _all_forgotten(net: SimNet, own_half: int) -> bool:
+    return all(len(h.core.members()) == own_half for h in net.hosts if h.core)
+
+
+def merge_run(nodes: int, seed: int) -> dict[str, object]:
+    half = nodes // 2
+    left, right = range(half), range(half, nodes)
+
+    # Two meshes formed apart, every node knowing both seeds.
+    net = SimNet(nodes, seed=seed)
+    net.partition([left, right])
+    net.start_converged(left)
+    net.start_converged(right)
+    seeds = [net.underlay_address(0), net.underlay_address(half)]
+    for h in net.hosts:
+        assert h.core is not None
+        h.core.set_seeds(seeds, net.now)
+    net.run_for(30)
+    net.heal()
+    m0 = net.stats.sent_msgs
+    split = _until_one_mesh(net, 120)
+    split_msgs = (net.stats.sent_msgs - m0) / nodes
+    merges = sum(h.core.stats["merges"] for h in net.hosts if h.core)
+
+    # A partition that outlives the tombstones; no seeds.
+    config = dataclasses.replace(MembershipConfig.lan(), tombstone_ttl=60.0)
+    net = SimNet(nodes, seed=seed + 1, config=config)
+    net.start_converged()
+    net.run_for(2)
+    net.partition([left, right])
+    net.run_for(config.tombstone_ttl)
+    t0 = net.now
+    while net.now - t0 < 600 and not _all_forgotten(net, len(left) - 1):
+        net.run_for(5)  # the last deaths are found a few probe cycles after the cut
+    forgotten = _all_forgotten(net, len(left) - 1)
+    net_cut_s = net.now - t0 + config.tombstone_ttl
+    net.heal()
+    m0 = net.stats.sent_msgs
+    tomb = _until_one_mesh(net, 2 * config.contact_retry_max)
+    tomb_msgs = (net.stats.sent_msgs - m0) / nodes
+    return {
+        "split_merge_s": round(split, 3),
+        "split_merge_messages_per_node": round(split_msgs, 1),
+        "split_merge_joins": merges,
+        "tombstone_merge_s": round(tomb, 3),
+        "tombstone_merge_messages_per_node": round(tomb_msgs, 1),
+        "tombstone_merge_forgotten_before": forgotten,
+        "tombstone_merge_cut_s": round(net_cut_s, 1),
     }
 
 
@@ -179,6 +259,9 @@ def main(argv: list[str]) -> int:
         )
         return 2
     result = run(args.nodes, args.trials, args.seed, args.loss_seconds)
+    wall0 = time.perf_counter()
+    result |= merge_run(args.nodes, args.seed)
+    result["wall_merge_s"] = round(time.perf_counter() - wall0, 1)
     if args.json:
         print(json.dumps(result))
     else:

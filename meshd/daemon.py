@@ -195,7 +195,16 @@ class Daemon:
         self._last_desired: MeshInterface | None = None
         self.join_limiter = SourceRateLimiter(rate=10.0, burst=20.0)
         """Underlay traffic (join requests) per source address, before any signature check."""
-        self.seed_resolver = EndpointResolver(self._seed_moved, period=SEED_RESOLVE_PERIOD_S)
+        self.seed_resolver = EndpointResolver(
+            lambda *_: None, period=SEED_RESOLVE_PERIOD_S, on_answers=self._seed_answers
+        )
+        self._seeds_joined = False
+        """Set once start() sent the first join: answers resolved before that are its own."""
+        self._contacts_saved = 0
+        """`MeshNode.contacts_changed` when the contacts were last persisted."""
+        self._own_hosts: frozenset[str] = frozenset()
+        """Our underlay addresses (`own_endpoints`): a seed address among them with our meshd
+        port is ourselves (a seed list that names the node itself is normal)."""
         self.transport: MeshTransport | None = None
         self.api: Any = None  # meshd.api.ApiServer, imported late (see start)
         self.core: ms.MeshNode | None = None
@@ -250,6 +259,9 @@ class Daemon:
             if iface.ip not in mesh
         ]
         self._local_networks = tuple(iface.network for iface in underlay)
+        self._own_hosts = frozenset(str(iface.ip) for iface in underlay) | {
+            split_host_port(e, "endpoints")[0] for e in self.config.endpoints
+        }
         if self.config.endpoints:
             return [split_host_port(e, "endpoints") for e in self.config.endpoints]
         out = [(str(iface.ip), self.config.listen_port) for iface in underlay]
@@ -258,32 +270,43 @@ class Daemon:
         return out[:8]
 
     async def resolve_seeds(self) -> list[tuple[str, int]]:
-        """Seed addresses now: IP literals as they are, names through the resolver (which
-        keeps watching them)."""
+        """Seed addresses now, resolving every name (the resolver keeps watching them)."""
+        for seed in self.config.seeds:
+            host, port = split_host_port(seed, "seeds")
+            if not _is_ip_literal(host):
+                self.seed_resolver.watch(host, port)
+                await self.seed_resolver.refresh(host, port, force=True)
+        return self.seed_addresses()
+
+    def seed_addresses(self) -> list[tuple[str, int]]:
+        """Every address of every seed: IP literals as they are, every A and AAAA record of a
+        name (several seed nodes behind one name), our own addresses left out."""
         out: list[tuple[str, int]] = []
         for seed in self.config.seeds:
             host, port = split_host_port(seed, "seeds")
-            try:
-                ipaddress.ip_address(host)
-                addrs = [host]
-            except ValueError:
-                self.seed_resolver.watch(host, port)
-                resolved = await self.seed_resolver.refresh(host, port, force=True)
-                addrs = [resolved[0]] if resolved else []
-            out += [(a, port) for a in addrs if (a, port) not in out]
+            hosts = (host,) if _is_ip_literal(host) else self.seed_resolver.addresses(host, port)
+            for address in hosts:
+                seed_address = (_canonical_host(address), port)
+                if seed_address not in out and not self._is_own(seed_address):
+                    out.append(seed_address)
         return out
 
-    def _seed_moved(self, name: str, port: int, endpoint: tuple[str, int]) -> None:
-        """A seed's name now resolves elsewhere: join through the new address (the core keeps
-        retrying seeds while it knows no live member)."""
-        if self.core is None or self._left:
+    def _is_own(self, address: tuple[str, int]) -> bool:
+        if address[1] != self.config.meshd_port:
+            return False  # another meshd on this host (another mesh) is not us
+        return address[0] in self._own_hosts or ipaddress.ip_address(address[0]).is_loopback
+
+    def _seed_answers(self, name: str, port: int, answers: tuple[str, ...]) -> None:
+        """A seed name resolves to other addresses now: look at them for another mesh; with no
+        live member, join through them at once."""
+        if self.core is None or self._left or not self._seeds_joined:
             return
-        seeds = [
-            self.seed_resolver.endpoint(*split_host_port(s, "seeds")) or split_host_port(s, "seeds")
-            for s in self.config.seeds
-        ]
-        log.info("seed %s now resolves to %s; joining through it", name, endpoint[0])
-        self.core.join(seeds, self.clock())
+        seeds = self.seed_addresses()
+        log.info("seed %s resolves to %s", name, ", ".join(answers))
+        if self.core.live_members():
+            self.core.set_seeds(seeds, self.clock())
+        else:
+            self.core.join(seeds, self.clock())
         self._after_core()
 
     def _on_netlink(self, event: NetlinkEvent) -> None:
@@ -346,6 +369,7 @@ class Daemon:
             verifier=self.verifier,
             peers=peers,
             revocations=revocations,
+            contacts=self.store.contacts(),
             psk_ids=self.psk.ids if self.psk else (),
         )
         if self.next_wg is not None:  # restarted during a rotation: announce it again
@@ -356,8 +380,11 @@ class Daemon:
         seeds = await self.resolve_seeds()
         if seeds:
             self.core.join(seeds, now)
-        elif self.config.seeds:
+        elif self.seed_resolver.errors:
             log.warning("no seed could be resolved; retrying in the background")
+        elif self.config.seeds:
+            log.info("every seed address is this node's own; waiting for others to join")
+        self._seeds_joined = True
         self._after_core()  # the join request leaves now; overlay traffic waits for WireGuard
         self.backend = await select_backend(
             cast(Literal["auto", "kernel", "userspace"], self.config.backend),
@@ -487,7 +514,7 @@ class Daemon:
             self._confirm_neighbour(self.core.answered)
             self.core.answered = None
         self._held.extend(self.core.datagrams_to_send())
-        if membership_changed:
+        if membership_changed or self.core.contacts_changed != self._contacts_saved:
             self._persist_wanted.set()
         if self.reconciler is None:
             pass  # starting: start() applies the data plane once WireGuard is up
@@ -974,10 +1001,12 @@ class Daemon:
         if self.core is None:
             return
         known = {m.ann.node_id for m in self.core.members()}
-        contacts = [raw for node_id, raw in self._last_alive.items() if node_id in known]
+        peers = [raw for node_id, raw in self._last_alive.items() if node_id in known]
+        self._contacts_saved = self.core.contacts_changed
         try:
             self.store.save_version(self.core.announcement.version)
-            self.store.save_peers(contacts)
+            self.store.save_peers(peers)
+            self.store.save_contacts(self.core.contacts())
         except OSError as exc:
             log.error("saving state to %s: %s", self.config.state_dir, exc)
 
@@ -1019,6 +1048,17 @@ class Daemon:
             "meshd_certificate_expiry_seconds", "Seconds until this node's certificate expires."
         )
         health = m.gauge("meshd_local_health", "Lifeguard local health score (0 is healthy).")
+        merges = m.counter(
+            "meshd_mesh_merges_total",
+            "Joins of another mesh of our CA found at a seed address or old contact.",
+        )
+        checks = m.counter(
+            "meshd_mesh_checks_total", "Checks of seed addresses and old contacts for another mesh."
+        )
+        split = m.gauge(
+            "meshd_split_suspected",
+            "Seed addresses and contacts answering from a node outside our mesh (a split).",
+        )
 
         def collect() -> None:
             now = self.clock()
@@ -1041,6 +1081,9 @@ class Daemon:
             nbytes.set(stats.get("sent_bytes", 0), direction="out")
             nbytes.set(stats.get("recv_bytes", 0), direction="in")
             health.set(self.core.health)
+            merges.set(stats.get("merges", 0))
+            checks.set(stats.get("mesh_checks", 0))
+            split.set(len(self.core.split_suspected()))
             if self.reconciler is not None:
                 passes.set(self.reconciler.passes)
 
@@ -1093,7 +1136,27 @@ class Daemon:
         for name, (why, when) in sorted(self._psk_refused.items()):
             if now - when < PSK_REFUSAL_SHOWN_S:
                 out.append(f"refusing peer {name}: {why}")
+        for split in self.split():
+            out.append(
+                f"mesh may be split: {split['address']} answers as {split['node']}, in a mesh of "
+                f"{split['members']} that is not ours, for {split['for_s']:.0f} s (merging)"
+            )
         return out
+
+    def split(self) -> list[dict[str, Any]]:
+        """Seed addresses and contacts that answer from another mesh (`status`, warnings)."""
+        if self.core is None:
+            return []
+        now = self.clock()
+        return [
+            {
+                "address": _endpoint_text(s.address),
+                "node": self._member_name(s.node_id),
+                "members": s.members,
+                "for_s": round(now - s.since, 1),
+            }
+            for s in self.core.split_suspected()
+        ]
 
     def health(self) -> tuple[bool, str]:
         if self.core is None:
@@ -1107,7 +1170,10 @@ class Daemon:
             if p["handshake_age_s"] is not None and p["handshake_age_s"] < STALE_HANDSHAKE_S
         ]
         if fresh:
-            return True, f"{len(fresh)} of {len(live)} peers reachable"
+            # A suspected split keeps the node healthy: it reaches its peers, restarting it
+            # would not merge anything, and the merge runs by itself (docs/operations.md).
+            split = " (mesh may be split: see meshctl status)" if self.split() else ""
+            return True, f"{len(fresh)} of {len(live)} peers reachable{split}"
         if not live and not self.config.seeds:
             return True, "first node: no seeds configured and no peers yet"
         return False, f"no peer reachable ({len(live)} known)"
@@ -1145,6 +1211,7 @@ class Daemon:
                 "routes_refused": {str(p): reason for p, reason in self._refused.items()},
             },
             "connected": healthy,
+            "split": self.split(),
             "warnings": self.warnings(),
             "peers": self.peers(),
         }
@@ -1225,6 +1292,14 @@ def tunnelled_addresses(desired: MeshInterface) -> frozenset[str]:
         for net in peer.allowed_ips
         if net.prefixlen == net.max_prefixlen
     )
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=65536)

@@ -7,8 +7,10 @@ Each watched (name, port) is resolved when first watched, every `period` seconds
 
 A changed address is reported at once through `on_change(name, port, (ip, port))`; the daemon
 puts it into the desired state. If the current address is still among the answers it is kept
-(round-robin DNS must not make the endpoint flap). A failed lookup keeps the last good address,
-is logged, recorded in `errors`, and retried at the next occasion.
+(round-robin DNS must not make the endpoint flap). Seeds want every address instead (several
+seed nodes behind one name): `addresses(name, port)` gives all answers, and `on_answers` is
+called whenever that set changes. A failed lookup keeps the last good answers, is logged,
+recorded in `errors`, and retried at the next occasion.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 
 ResolveFn = Callable[[str], Awaitable[list[str]]]
 ChangeFn = Callable[[str, int, tuple[str, int]], None]
+AnswersFn = Callable[[str, int, tuple[str, ...]], None]
 
 #: WireGuard's REJECT_AFTER_TIME: after 180 s without a handshake no session can be alive; the
 #: brief's "2 min + margin" is the rekey period (120 s) plus retries, which this covers.
@@ -58,6 +61,8 @@ class Watched:
     port: int
     address: str | None = None
     """Last good address, None until the first successful lookup."""
+    answers: tuple[str, ...] = ()
+    """Every address of the last good lookup, in the resolver's order."""
     error: str | None = None
     """Last failure, None after a success."""
 
@@ -73,8 +78,10 @@ class EndpointResolver:
         resolve: ResolveFn = system_resolve,
         period: float = 300.0,
         min_interval: float = 1.0,
+        on_answers: AnswersFn | None = None,
     ) -> None:
         self.on_change = on_change
+        self.on_answers = on_answers
         self.resolve = resolve
         self.period = period
         self.min_interval = min_interval
@@ -95,6 +102,11 @@ class EndpointResolver:
 
     def unwatch(self, name: str, port: int) -> None:
         self.watched.pop((name, port), None)
+
+    def addresses(self, name: str, port: int) -> tuple[str, ...]:
+        """Every address the last good lookup of `name` gave (empty before the first)."""
+        w = self.watched.get((name, port))
+        return w.answers if w is not None else ()
 
     def endpoint(self, name: str, port: int) -> tuple[str, int] | None:
         w = self.watched.get((name, port))
@@ -123,6 +135,10 @@ class EndpointResolver:
             log.warning("%s; keeping %s", w.error, w.address or "no address")
             return self.endpoint(name, port)
         w.error = None
+        if tuple(answers) != w.answers:
+            w.answers = tuple(answers)
+            if self.on_answers is not None:
+                self.on_answers(name, port, w.answers)
         if w.address not in answers:
             old, w.address = w.address, answers[0]
             log.info("endpoint %s:%d moved from %s to %s", name, port, old, w.address)

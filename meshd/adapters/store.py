@@ -6,6 +6,8 @@
     peers.msgpack     raw announcements of known peers: after a restart of every node the mesh
                       re-forms by joining through them, with no seed
     revocations.msgpack  raw CA-signed revocation records received
+    contacts.msgpack  underlay addresses ("host port") of members forgotten since: they are
+                      still asked whether they are in another mesh (merging) after a restart
 
 Everything read back is verified again by the core like any other input: a damaged or forged
 file cannot inject a peer.
@@ -13,6 +15,7 @@ file cannot inject a peer.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from pathlib import Path
 
@@ -111,6 +114,24 @@ class StateStore:
 
     def save_peers(self, announcements: list[bytes]) -> None:
         self._save_blobs("peers.msgpack", announcements)
+
+    def contacts(self) -> list[tuple[str, int]]:
+        """Persisted contact addresses; anything that is not an IP literal and a port is
+        skipped (a damaged file must not aim our checks at a name or a bad port)."""
+        out: list[tuple[str, int]] = []
+        for blob in self._blobs("contacts.msgpack"):
+            try:
+                host, port_text = blob.decode("ascii").split(" ")
+                address = (str(ipaddress.ip_address(host)), int(port_text))
+            except (UnicodeDecodeError, ValueError):
+                log.warning("ignoring a damaged contact in %s", self.directory)
+                continue
+            if 0 < address[1] < 65536 and address not in out:
+                out.append(address)
+        return out
+
+    def save_contacts(self, contacts: list[tuple[str, int]]) -> None:
+        self._save_blobs("contacts.msgpack", [f"{h} {p}".encode("ascii") for h, p in contacts])
 
     def revocations(self) -> list[bytes]:
         return self._blobs("revocations.msgpack")

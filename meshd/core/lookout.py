@@ -42,6 +42,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import math
+import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -89,13 +90,17 @@ class Lookout:
         contact_retry_max: float,
         covered_recheck: float,
         contact_limit: int,
+        rng: random.Random,
     ) -> None:
+        self._rng = rng
         self.interval = interval
         self.seed_retry_max = seed_retry_max
         self.contact_retry_max = contact_retry_max
         self.covered_recheck = covered_recheck
         self.contact_limit = contact_limit
         self._candidates: dict[Address, Candidate] = {}
+        self.contacts_changed = 0
+        """Counts changes of the contact list (the daemon persists it when this moves)."""
 
     def __len__(self) -> int:
         return len(self._candidates)
@@ -133,6 +138,7 @@ class Lookout:
             if owner is not None and c.owner is None:
                 c.owner = owner
             return
+        self.contacts_changed += 1
         contacts = [x for x in self._candidates.values() if x.kind is Kind.CONTACT]
         if len(contacts) >= self.contact_limit:
             oldest = min(contacts, key=lambda x: x.added)
@@ -153,7 +159,10 @@ class Lookout:
         best: Candidate | None = None
         for c in self._candidates.values():
             if c.owner is not None and covered(c.owner):
-                c.foreign_since = None  # merged
+                if c.foreign_since is not None:  # merged: in our mesh now
+                    c.foreign_since = None
+                    c.backoff = self.interval
+                    c.next_at = now + self.covered_recheck
             elif c.next_at > now + c.backoff:
                 # Its owner stopped being live since it was scheduled as covered: look again
                 # soon, from the bottom of the backoff (the owner may be in another mesh now).
@@ -166,7 +175,9 @@ class Lookout:
         if best.owner is not None and covered(best.owner):
             best.next_at = now + self.covered_recheck
         else:
-            best.next_at = now + best.backoff
+            # Jittered (0.5-1.5x): nodes started together would otherwise check in step, and
+            # after a heal all at the same moment, long after the first could have.
+            best.next_at = now + best.backoff * (0.5 + self._rng.random())
             limit = self.seed_retry_max if best.kind is Kind.SEED else self.contact_retry_max
             best.backoff = min(best.backoff * 2, limit)
         return best

@@ -452,6 +452,7 @@ class MeshNode:
             contact_retry_max=config.contact_retry_max,
             covered_recheck=config.covered_recheck,
             contact_limit=config.contact_limit,
+            rng=rng,
         )
         for contact in contacts:
             self._lookout.add_contact(contact, now)
@@ -459,6 +460,8 @@ class MeshNode:
         self._checks: dict[bytes, tuple[Address, float]] = {}
         """Mesh checks sent and not yet answered: nonce -> (destination, expiry)."""
         self._joined = False
+        self._joins_heard = 0
+        """New members learnt since the last push-pull (`_heard_of_join`)."""
         self._bootstrap_from: set[bytes] = set()
         self._left = False
         self._underlay_refute_after = -math.inf
@@ -534,6 +537,11 @@ class MeshNode:
         probe answered yet). Shown by `meshctl status`; also a hint for gateway choice."""
         return self._rtt.get(node_id)
 
+    @property
+    def live_count(self) -> int:
+        """How many members are ALIVE or SUSPECT (cheap: for simulations polling many nodes)."""
+        return len(self._live)
+
     def member(self, node_id: bytes) -> Member | None:
         return self._members.get(node_id)
 
@@ -601,6 +609,11 @@ class MeshNode:
         """Underlay addresses of nodes we knew and forgot, newest first: persist them and give
         them back at the next start (`contacts=`), so a restarted node still looks for them."""
         return self._lookout.contacts()
+
+    @property
+    def contacts_changed(self) -> int:
+        """Grows whenever `contacts()` changed (cheap to poll; persist when it moves)."""
+        return self._lookout.contacts_changed
 
     def split_suspected(self) -> list[SplitSuspected]:
         """Seeds and contacts that answer from a node outside our live members: another mesh
@@ -710,6 +723,7 @@ class MeshNode:
                 self._gossip_round()
         if now >= self._next_push_pull:
             self._next_push_pull = now + cfg.push_pull_interval * (0.75 + 0.5 * self._rng.random())
+            self._joins_heard = 0
             if self._live and not self._left:
                 target = self._members[self._rng.choice(self._live)]
                 check = wire.StateCheck(self.state_hash())
@@ -1072,6 +1086,7 @@ class MeshNode:
                 self._make_dead(node_id, m, MemberState.LEFT, now)
             else:
                 self._events.append(PeerJoined(ann))
+                self._heard_of_join(now)
         elif ann.version < m.version:
             self._reject(Reject.STALE, source, f"announcement {ann.version} < {m.version}")
             return False
@@ -1099,6 +1114,17 @@ class MeshNode:
         if why is not _Why.BOOTSTRAP:
             self._broadcast(node_id, AnnounceItem(ann.raw), eager=True)
         return True
+
+    def _heard_of_join(self, now: float) -> None:
+        """Several new members within one push-pull period: a merge of two meshes, or a fleet
+        starting at once. Their announcements travel as a burst of gossip, of which a node
+        misses some (eager forwarding reaches all but ~e^-3 of the nodes per item, and members
+        whose WireGuard lacks a sender drop its datagrams): compare states once the burst has
+        passed instead of at the next push-pull, up to 45 s later. A single join costs
+        nothing more; a burst one small datagram per node."""
+        self._joins_heard += 1
+        if self._joins_heard == 2:
+            self._next_push_pull = min(self._next_push_pull, now + self.config.join_check_after)
 
     def _claimed_member(
         self, kind: str, node_id: bytes, version: int, now: float, source: Address
