@@ -78,9 +78,17 @@ async def test_two_meshes_formed_apart_merge_when_the_path_between_them_opens(
         for node in nodes:  # two meshes, each whole
             status = await node.status()
             assert status is not None
-            assert {p["name"] for p in status["peers"]} == {x.name for x in (a if node in a else b)}
+            own_half = {x.name for x in (a if node in a else b)} - {node.name}
+            assert {p["name"] for p in status["peers"]} == own_half
             assert status["connected"] is True
 
+        # Held until the join requests of the start-up (retried 5 times, 1 s apart) are over
+        # and only looking across can bring the halves together: each node has checked the
+        # seed it cannot reach a few times (1, 2, 4 s apart, jittered).
+        async def looked_across() -> bool:
+            return all([await metric(x, "meshd_mesh_checks_total") >= 4 for x in nodes])
+
+        await wait_for(looked_across, 30, "every node to look for the other seed 4 times", 0.5)
         await faults.restore(cut)  # no restart, no operator action
         await mesh.wait_full_mesh(nodes, within=40)
         await every_pair_pings(mesh, nodes, within=30)
