@@ -27,6 +27,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -43,7 +44,7 @@ from meshd.adapters.resolver import EndpointResolver
 from meshd.adapters.store import StateStore
 from meshd.adapters.transport import UNDERLAY, MeshTransport, Received
 from meshd.adapters.wireguard import PeerStatus, WireGuardBackend, select_backend
-from meshd.aio import at_deadlines, wait_event
+from meshd.aio import at_deadlines, keep_running, wait_event
 from meshd.config import (
     DEFAULT_CONFIG_PATH,
     Config,
@@ -375,15 +376,18 @@ class Daemon:
         # Members learnt while WireGuard was starting (the join reply, persisted peers) are
         # applied now, and the overlay traffic held for them is released once they are in.
         self._apply_task = asyncio.get_running_loop().create_task(self._apply_now())
-        for coro in (
-            self._timer_loop(),
-            self._desired_loop(),
-            self.seed_resolver.run(),
-            self._persist_loop(),
-            self._watchdog_loop(),
-            self._key_loop(),
-        ):
-            task = asyncio.create_task(coro)
+        loops: tuple[tuple[str, Callable[[], Awaitable[None]]], ...] = (
+            ("timer", self._timer_loop),
+            ("desired", self._desired_loop),
+            ("seed-resolver", self.seed_resolver.run),
+            ("persist", self._persist_loop),
+            ("watchdog", self._watchdog_loop),
+            ("keys", self._key_loop),
+        )
+        for what, loop_fn in loops:
+            # A failed pass is logged, counted and run again: a loop that ended would stop
+            # what it drives for good while the daemon looks healthy (issue #22).
+            task = asyncio.create_task(keep_running(what, loop_fn, self._loop_failed), name=what)
             task.add_done_callback(_log_task_failure)
             self._tasks.append(task)
         # aiohttp takes 0.3-0.4 s to import. Done here, in a thread, so that neither the join
@@ -994,6 +998,9 @@ class Daemon:
             self._persist_wanted.clear()
             self._save_state()
 
+    def _loop_failed(self, what: str) -> None:
+        self.m_loop_failures.inc(loop=what)
+
     async def _watchdog_loop(self) -> None:
         interval = systemd.watchdog_interval()
         if interval is None:
@@ -1007,6 +1014,9 @@ class Daemon:
     def _define_metrics(self) -> None:
         m = self.registry
         self.m_rejected = m.counter("meshd_rejected_messages_total", "Messages refused, by reason.")
+        self.m_loop_failures = m.counter(
+            "meshd_loop_failures_total", "Failed passes of the daemon's loops (each runs again)."
+        )
         passes = m.counter("meshd_reconcile_passes_total", "Data plane reconciliation passes.")
         peers = m.gauge("meshd_peers", "Members by membership state.")
         handshake = m.gauge(
