@@ -27,6 +27,7 @@ from meshd.core.cert import (
     decode_certificate,
     parse_prefix_list,
 )
+from meshd.core.endpoints import endpoint_refusal
 from meshd.core.errors import LocalProtocolError, Reject, RemoteProtocolError
 from meshd.core.identity import KEY_LEN, SIGNATURE_LEN, SigningKey, verify_signature
 
@@ -123,6 +124,9 @@ def sign_announcement(
     if identity.public != cert.identity_key:
         raise LocalProtocolError("identity key does not match the certificate")
     eps = tuple((str(ipaddress.ip_address(h)), int(p)) for h, p in endpoints)
+    for host, _port in eps:
+        if (why := endpoint_refusal(host)) is not None:
+            raise LocalProtocolError(f"endpoint {host} cannot be announced: it {why}")
     prefs = tuple(prefixes)
     if not set(prefs) <= set(cert.prefixes):
         missing = sorted(set(prefs) - set(cert.prefixes))
@@ -150,12 +154,11 @@ def _endpoints(value: object) -> tuple[Endpoint, ...]:
     for item in items:
         host, port = enc.expect_tuple(item, "endpoint", 2)
         host = enc.expect_str(host, "endpoint host", 45)
-        try:
-            canonical = str(ipaddress.ip_address(host))
-        except ValueError:
-            raise RemoteProtocolError(Reject.MALFORMED, f"endpoint {host!r} is not an IP") from None
-        if canonical != host:
-            raise RemoteProtocolError(Reject.MALFORMED, f"endpoint {host!r} not canonical")
+        # The whole announcement is refused, not just the endpoint: the node signed it, and
+        # an honest node never announces such an endpoint (`sign_announcement` refuses to).
+        why = endpoint_refusal(host)
+        if why is not None:
+            raise RemoteProtocolError(Reject.BAD_ENDPOINT, f"endpoint {host!r} {why}")
         out.append((host, enc.expect_int(port, "endpoint port", 1, 65535)))
     return tuple(out)
 
