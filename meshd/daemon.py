@@ -67,6 +67,7 @@ from meshd.core.endpoints import (
 )
 from meshd.core.errors import MeshError, Reject, RemoteProtocolError
 from meshd.core.identity import WireGuardKey, key_id
+from meshd.core.keyclaims import WgKeyClaims
 from meshd.core.psk import PskSecrets
 from meshd.core.ratelimit import SourceRateLimiter
 from meshd.core.routes import GatewayOffer, Held, RoutePolicy, choose_gateways, parse_accept
@@ -194,6 +195,10 @@ class Daemon:
             config.state_dir, node.cert.addresses[0], config.tayga,
         )  # fmt: skip
         self._last_desired: MeshInterface | None = None
+        self.key_claims = WgKeyClaims()
+        """Who holds each WireGuard key: members announcing one held by another are left out."""
+        self._key_left_out: frozenset[bytes] = frozenset()
+        """Members left out of WireGuard at the last planning pass for a key conflict."""
         self.join_limiter = SourceRateLimiter(rate=10.0, burst=20.0)
         """Underlay traffic (join requests) per source address, before any signature check."""
         self.seed_resolver = EndpointResolver(self._seed_moved, period=SEED_RESOLVE_PERIOD_S)
@@ -669,6 +674,7 @@ class Daemon:
         me = self.node.identity.public
         psk = self.psk.active(now) if self.psk else None
         peers = []
+        live = self._without_key_conflicts(live)
         routed = self._choose_gateways(live) if self.core is not None else {}
         live_ids = {ann.node_id for ann in live}
         for gone in set(self._endpoint_choice) - live_ids:
@@ -728,6 +734,28 @@ class Daemon:
         return MeshInterface.with_peer_routes(
             self.config.interface, device, addresses, self.config.mtu
         )
+
+    def _without_key_conflicts(self, live: list[Announcement]) -> list[Announcement]:
+        """`live` without the members that announce a WireGuard key we or another member hold
+        (meshd.core.keyclaims); each new conflict is counted and logged once."""
+        own_keys = [self.wg_key.public] + ([self.next_wg[0].public] if self.next_wg else [])
+        known = [m.ann for m in self.core.members()] if self.core is not None else []
+        plan = self.key_claims.plan(self.node.identity.public, own_keys, live, known)
+        for conflict in plan.fresh:
+            self.m_rejected.inc(reason=Reject.CONFLICT.value)
+            names = {ann.node_id: ann.name for ann in live}
+            holder = conflict.holder
+            log.warning(
+                "WireGuard key %s is announced by %s; held by %s: leaving %s out",
+                key_id(conflict.key),
+                ", ".join(names.get(n, key_id(n)) for n in conflict.left_out),
+                "us" if holder == self.node.identity.public
+                else "nobody first" if holder is None
+                else names.get(holder, key_id(holder)),
+                "them" if len(conflict.left_out) > 1 else "it",
+            )  # fmt: skip
+        self._key_left_out = plan.left_out
+        return [ann for ann in live if ann.node_id not in plan.left_out]
 
     async def refresh(self) -> None:
         """Current WireGuard handshake times and counters for status, peers and metrics; a
@@ -978,7 +1006,14 @@ class Daemon:
         if self.core is None:
             return
         known = {m.ann.node_id for m in self.core.members()}
-        contacts = [raw for node_id, raw in self._last_alive.items() if node_id in known]
+        # A member left out for announcing a key another holds is no restart contact: after a
+        # restart it would come back together with the holder, and neither could be told to
+        # have held the key first (meshd.core.keyclaims).
+        contacts = [
+            raw
+            for node_id, raw in self._last_alive.items()
+            if node_id in known and node_id not in self._key_left_out
+        ]
         try:
             self.store.save_version(self.core.announcement.version)
             self.store.save_peers(contacts)
