@@ -335,6 +335,7 @@ class Daemon:
             self.config.interface,
             list(self.node.cert.addresses),
             self._on_message,
+            stream_from=self._is_member_overlay,
         )
         await self.transport.start()
         self.core = ms.MeshNode(
@@ -476,6 +477,13 @@ class Daemon:
             return
         self.core.receive(received.data, received.source, self.clock(), Channel(received.channel))
         self._after_core()
+
+    def _is_member_overlay(self, host: str) -> bool:
+        """True when `host` (canonical text) is an overlay address of a live member: the only
+        sources whose streams are read (MeshTransport). Certificates hold canonical text."""
+        if self.core is None:
+            return False
+        return any(host in ann.cert.addresses for ann in self.core.live_members())
 
     def _after_core(self) -> None:
         """Send what the core wants sent, act on its events, and re-arm its timer.
