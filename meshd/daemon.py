@@ -67,6 +67,7 @@ from meshd.core.endpoints import (
 )
 from meshd.core.errors import MeshError, Reject, RemoteProtocolError
 from meshd.core.identity import WireGuardKey, key_id
+from meshd.core.joingate import JoinGate
 from meshd.core.keyclaims import WgKeyClaims
 from meshd.core.psk import PskSecrets
 from meshd.core.ratelimit import SourceRateLimiter
@@ -199,8 +200,6 @@ class Daemon:
         """Who holds each WireGuard key: members announcing one held by another are left out."""
         self._key_left_out: frozenset[bytes] = frozenset()
         """Members left out of WireGuard at the last planning pass for a key conflict."""
-        self.join_limiter = SourceRateLimiter(rate=10.0, burst=20.0)
-        """Underlay traffic (join requests) per source address, before any signature check."""
         self.seed_resolver = EndpointResolver(self._seed_moved, period=SEED_RESOLVE_PERIOD_S)
         self.transport: MeshTransport | None = None
         self.api: Any = None  # meshd.api.ApiServer, imported late (see start)
@@ -208,6 +207,9 @@ class Daemon:
         self.verifier = AnnouncementVerifier(
             node.trust, is_revoked=self._is_revoked, psk_ids=self.psk.ids if self.psk else ()
         )
+        self.join_gate = JoinGate(self.verifier, SourceRateLimiter(rate=10.0, burst=20.0))
+        """Underlay traffic (join requests) per source, cheap checks, then a global budget of
+        signature checks, before the core sees it (meshd.core.joingate)."""
         self._revoked_serials: set[tuple[bytes, int]] = set()
         self._revocations: dict[tuple[bytes, int], bytes] = {}
 
@@ -470,11 +472,13 @@ class Daemon:
     def _on_message(self, received: Received) -> None:
         if self.core is None:
             return
-        if received.channel == UNDERLAY and not self.join_limiter.allow(
-            received.source[0], time.monotonic()
-        ):
-            self.m_rejected.inc(reason=Reject.RATE_LIMITED.value)
-            return
+        if received.channel == UNDERLAY:
+            refused = self.join_gate.admit(
+                received.data, received.source[0], self.clock(), time.monotonic()
+            )
+            if refused is not None:
+                self.m_rejected.inc(reason=refused.reason.value)
+                return
         self.core.receive(received.data, received.source, self.clock(), Channel(received.channel))
         self._after_core()
 
