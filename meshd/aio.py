@@ -58,3 +58,40 @@ async def at_deadlines(
             await wait_event(wake, delay)
         now = clock()
         await act(now)
+
+
+LOOP_RETRY_S = 1.0
+"""How long a daemon loop that failed waits before it runs again: long enough that a failure
+repeating on every pass costs little CPU, short enough that a transient one is soon over."""
+
+
+async def keep_running(
+    what: str,
+    run: Callable[[], Awaitable[None]],
+    on_failure: Callable[[str], None],
+    retry_after: float = LOOP_RETRY_S,
+) -> None:
+    """Run the loop `run()` and, when it raises, run it again after `retry_after` seconds.
+
+    A loop that ends on an exception stops whatever it drives for good (key rotation, the PSK
+    ratchet, leave before certificate expiry: issue #22), while the daemon looks healthy. Each
+    failure is counted by `on_failure(what)`; it is logged with its traceback, except when it
+    repeats the previous failure of this loop exactly (same type and message), which is logged
+    on one line at debug level so that a failure on every pass does not flood the log.
+    Cancellation (`CancelledError`, a BaseException) ends it. Returns when `run` returns (a
+    loop with nothing to do, such as the watchdog without systemd)."""
+    last: tuple[type[BaseException], str] | None = None
+    while True:
+        try:
+            await run()
+            return
+        except Exception as exc:
+            on_failure(what)
+            failure = (type(exc), str(exc))
+            if failure == last:
+                log.debug("%s loop failed again (%s: %s)", what, type(exc).__name__, exc)
+            else:
+                log.error("%s loop failed; running it again in %.1f s", what, retry_after,
+                          exc_info=True)  # fmt: skip
+            last = failure
+        await asyncio.sleep(retry_after)

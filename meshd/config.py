@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meshd.core.endpoints import endpoint_refusal
 from meshd.core.identity import check_mesh_name
 
 ENV_PREFIX = "MESHD_"
@@ -180,9 +181,12 @@ class Config:
         for ep in self.endpoints:
             host, _ = split_host_port(ep, "endpoints")
             try:
-                ipaddress.ip_address(host)
+                canonical = str(ipaddress.ip_address(host))
             except ValueError:
                 raise ConfigError(f"endpoints: {ep!r}: host must be an IP address") from None
+            # Peers refuse an announcement with such an endpoint (meshd.core.endpoints).
+            if (why := endpoint_refusal(canonical)) is not None:
+                raise ConfigError(f"endpoints: {ep!r}: cannot be announced, the host {why}")
         for prefix in self.advertise_prefixes:
             try:
                 ipaddress.ip_network(prefix, strict=True)

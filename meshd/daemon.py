@@ -27,6 +27,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -43,7 +44,7 @@ from meshd.adapters.resolver import EndpointResolver
 from meshd.adapters.store import StateStore
 from meshd.adapters.transport import UNDERLAY, MeshTransport, Received
 from meshd.adapters.wireguard import PeerStatus, WireGuardBackend, select_backend
-from meshd.aio import at_deadlines, wait_event
+from meshd.aio import at_deadlines, keep_running, wait_event
 from meshd.config import (
     DEFAULT_CONFIG_PATH,
     Config,
@@ -66,6 +67,8 @@ from meshd.core.endpoints import (
 )
 from meshd.core.errors import MeshError, Reject, RemoteProtocolError
 from meshd.core.identity import WireGuardKey, key_id
+from meshd.core.joingate import JoinGate
+from meshd.core.keyclaims import WgKeyClaims
 from meshd.core.psk import PskSecrets
 from meshd.core.ratelimit import SourceRateLimiter
 from meshd.core.routes import GatewayOffer, Held, RoutePolicy, choose_gateways, parse_accept
@@ -193,8 +196,10 @@ class Daemon:
             config.state_dir, node.cert.addresses[0], config.tayga,
         )  # fmt: skip
         self._last_desired: MeshInterface | None = None
-        self.join_limiter = SourceRateLimiter(rate=10.0, burst=20.0)
-        """Underlay traffic (join requests) per source address, before any signature check."""
+        self.key_claims = WgKeyClaims()
+        """Who holds each WireGuard key: members announcing one held by another are left out."""
+        self._key_left_out: frozenset[bytes] = frozenset()
+        """Members left out of WireGuard at the last planning pass for a key conflict."""
         self.seed_resolver = EndpointResolver(
             lambda *_: None, period=SEED_RESOLVE_PERIOD_S, on_answers=self._seed_answers
         )
@@ -211,6 +216,9 @@ class Daemon:
         self.verifier = AnnouncementVerifier(
             node.trust, is_revoked=self._is_revoked, psk_ids=self.psk.ids if self.psk else ()
         )
+        self.join_gate = JoinGate(self.verifier, SourceRateLimiter(rate=10.0, burst=20.0))
+        """Underlay traffic (join requests) per source, cheap checks, then a global budget of
+        signature checks, before the core sees it (meshd.core.joingate)."""
         self._revoked_serials: set[tuple[bytes, int]] = set()
         self._revocations: dict[tuple[bytes, int], bytes] = {}
 
@@ -352,6 +360,7 @@ class Daemon:
             self.config.interface,
             list(self.node.cert.addresses),
             self._on_message,
+            stream_from=self._is_member_overlay,
         )
         await self.transport.start()
         self.core = ms.MeshNode(
@@ -402,15 +411,18 @@ class Daemon:
         # Members learnt while WireGuard was starting (the join reply, persisted peers) are
         # applied now, and the overlay traffic held for them is released once they are in.
         self._apply_task = asyncio.get_running_loop().create_task(self._apply_now())
-        for coro in (
-            self._timer_loop(),
-            self._desired_loop(),
-            self.seed_resolver.run(),
-            self._persist_loop(),
-            self._watchdog_loop(),
-            self._key_loop(),
-        ):
-            task = asyncio.create_task(coro)
+        loops: tuple[tuple[str, Callable[[], Awaitable[None]]], ...] = (
+            ("timer", self._timer_loop),
+            ("desired", self._desired_loop),
+            ("seed-resolver", self.seed_resolver.run),
+            ("persist", self._persist_loop),
+            ("watchdog", self._watchdog_loop),
+            ("keys", self._key_loop),
+        )
+        for what, loop_fn in loops:
+            # A failed pass is logged, counted and run again: a loop that ended would stop
+            # what it drives for good while the daemon looks healthy (issue #22).
+            task = asyncio.create_task(keep_running(what, loop_fn, self._loop_failed), name=what)
             task.add_done_callback(_log_task_failure)
             self._tasks.append(task)
         # aiohttp takes 0.3-0.4 s to import. Done here, in a thread, so that neither the join
@@ -487,13 +499,22 @@ class Daemon:
     def _on_message(self, received: Received) -> None:
         if self.core is None:
             return
-        if received.channel == UNDERLAY and not self.join_limiter.allow(
-            received.source[0], time.monotonic()
-        ):
-            self.m_rejected.inc(reason=Reject.RATE_LIMITED.value)
-            return
+        if received.channel == UNDERLAY:
+            refused = self.join_gate.admit(
+                received.data, received.source[0], self.clock(), time.monotonic()
+            )
+            if refused is not None:
+                self.m_rejected.inc(reason=refused.reason.value)
+                return
         self.core.receive(received.data, received.source, self.clock(), Channel(received.channel))
         self._after_core()
+
+    def _is_member_overlay(self, host: str) -> bool:
+        """True when `host` (canonical text) is an overlay address of a live member: the only
+        sources whose streams are read (MeshTransport). Certificates hold canonical text."""
+        if self.core is None:
+            return False
+        return any(host in ann.cert.addresses for ann in self.core.live_members())
 
     def _after_core(self) -> None:
         """Send what the core wants sent, act on its events, and re-arm its timer.
@@ -692,6 +713,7 @@ class Daemon:
         me = self.node.identity.public
         psk = self.psk.active(now) if self.psk else None
         peers = []
+        live = self._without_key_conflicts(live)
         routed = self._choose_gateways(live) if self.core is not None else {}
         live_ids = {ann.node_id for ann in live}
         for gone in set(self._endpoint_choice) - live_ids:
@@ -751,6 +773,28 @@ class Daemon:
         return MeshInterface.with_peer_routes(
             self.config.interface, device, addresses, self.config.mtu
         )
+
+    def _without_key_conflicts(self, live: list[Announcement]) -> list[Announcement]:
+        """`live` without the members that announce a WireGuard key we or another member hold
+        (meshd.core.keyclaims); each new conflict is counted and logged once."""
+        own_keys = [self.wg_key.public] + ([self.next_wg[0].public] if self.next_wg else [])
+        known = [m.ann for m in self.core.members()] if self.core is not None else []
+        plan = self.key_claims.plan(self.node.identity.public, own_keys, live, known)
+        for conflict in plan.fresh:
+            self.m_rejected.inc(reason=Reject.CONFLICT.value)
+            names = {ann.node_id: ann.name for ann in live}
+            holder = conflict.holder
+            log.warning(
+                "WireGuard key %s is announced by %s; held by %s: leaving %s out",
+                key_id(conflict.key),
+                ", ".join(names.get(n, key_id(n)) for n in conflict.left_out),
+                "us" if holder == self.node.identity.public
+                else "nobody first" if holder is None
+                else names.get(holder, key_id(holder)),
+                "them" if len(conflict.left_out) > 1 else "it",
+            )  # fmt: skip
+        self._key_left_out = plan.left_out
+        return [ann for ann in live if ann.node_id not in plan.left_out]
 
     async def refresh(self) -> None:
         """Current WireGuard handshake times and counters for status, peers and metrics; a
@@ -1001,7 +1045,14 @@ class Daemon:
         if self.core is None:
             return
         known = {m.ann.node_id for m in self.core.members()}
-        peers = [raw for node_id, raw in self._last_alive.items() if node_id in known]
+        # A member left out for announcing a key another holds is no restart contact: after a
+        # restart it would come back together with the holder, and neither could be told to
+        # have held the key first (meshd.core.keyclaims).
+        peers = [
+            raw
+            for node_id, raw in self._last_alive.items()
+            if node_id in known and node_id not in self._key_left_out
+        ]
         self._contacts_saved = self.core.contacts_changed
         try:
             self.store.save_version(self.core.announcement.version)
@@ -1023,6 +1074,9 @@ class Daemon:
             self._persist_wanted.clear()
             self._save_state()
 
+    def _loop_failed(self, what: str) -> None:
+        self.m_loop_failures.inc(loop=what)
+
     async def _watchdog_loop(self) -> None:
         interval = systemd.watchdog_interval()
         if interval is None:
@@ -1036,6 +1090,9 @@ class Daemon:
     def _define_metrics(self) -> None:
         m = self.registry
         self.m_rejected = m.counter("meshd_rejected_messages_total", "Messages refused, by reason.")
+        self.m_loop_failures = m.counter(
+            "meshd_loop_failures_total", "Failed passes of the daemon's loops (each runs again)."
+        )
         passes = m.counter("meshd_reconcile_passes_total", "Data plane reconciliation passes.")
         peers = m.gauge("meshd_peers", "Members by membership state.")
         handshake = m.gauge(

@@ -8,10 +8,21 @@ address authenticates the sender. A packet from the underlay that merely *claims
 source address arrives on another interface and is treated as underlay (join messages only).
 
 Streams: each stream message is one TCP connection to the peer's overlay address carrying one
-length-prefixed message, one way (a push-pull answer is another connection back). A TCP
-connection whose local address is our overlay address completed its handshake through the
-tunnel, so its source is authenticated the same way. Connections to any other local address
-are closed unread.
+length-prefixed message, one way (a push-pull answer is another connection back). A connection
+is read only when (checked in this order, before a byte is read; issue #22, finding 3):
+
+1. its local address is one of our overlay addresses (else it did not come through the tunnel);
+2. its peer address is a live member's overlay address (`stream_from`, the daemon's
+   membership): a local process, or an underlay neighbour reaching our overlay address through
+   the weak host model, has another source address. The arrival interface of an accepted TCP
+   connection cannot be read on Linux (no IP_PKTINFO for it), but it is not needed: the
+   SYN-ACK to a member's overlay address is routed into the tunnel and only that member can
+   answer it, so a handshake from anyone else with that source does not complete;
+3. fewer than `max_streams` streams are being read (each may hold up to `max_message` bytes:
+   this bounds the memory of streams in flight);
+4. its 4-byte length is at most `max_message`, refused before the body is read.
+
+Refused connections are closed unread and counted in `streams_refused` by reason.
 """
 
 from __future__ import annotations
@@ -33,6 +44,9 @@ log = logging.getLogger(__name__)
 Address = tuple[str, int]
 MAX_DATAGRAM = 65535
 MAX_STREAM_MESSAGE = 16 * 1024 * 1024  # 16 MiB: ~12,000 announcements of state in one sync
+MAX_STREAMS = 64
+"""Streams read at once, at most: a push-pull is one stream each way with one member every
+push-pull interval, so even a large mesh has a few at a time; 64 full ones are 1 GiB at most."""
 STREAM_TIMEOUT = 10.0
 
 # Linux constants missing from Python's socket module on some builds.
@@ -91,11 +105,25 @@ class MeshTransport:
         interface: str,
         overlay_addresses: list[str],
         on_message: Callable[[Received], None],
+        *,
+        stream_from: Callable[[str], bool],
+        max_streams: int = MAX_STREAMS,
+        max_message: int = MAX_STREAM_MESSAGE,
     ) -> None:
+        """`stream_from(host)`: True when `host` (canonical text, IPv4 unmapped) is a live
+        member's overlay address; only such peers' streams are read."""
         self.port = port
         self.interface = interface
         self.overlay_addresses = {str(ipaddress.ip_address(a)) for a in overlay_addresses}
         self.on_message = on_message
+        self.stream_from = stream_from
+        self.max_streams = max_streams
+        self.max_message = max_message
+        self._streams = 0
+        """Streams being read now."""
+        self.streams_refused: dict[str, int] = {}
+        """Connections closed unread, by reason: "not_overlay", "not_member", "too_many",
+        "oversize"."""
         self._udp: socket.socket | None = None
         self._tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -219,25 +247,44 @@ class MeshTransport:
             self.send_errors += 1
             log.debug("stream to %s failed: %s", destination, exc)
 
+    def _refuse(self, reason: str, host: str) -> None:
+        self.streams_refused[reason] = self.streams_refused.get(reason, 0) + 1
+        log.debug("stream from %s refused unread: %s", host, reason)
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        counted = False
         try:
             local = _unmap(writer.get_extra_info("sockname")[0])
             peer = writer.get_extra_info("peername")
+            host = _unmap(peer[0])
+            # The checks of the module docstring, in order, all before a byte is read.
             if local not in self.overlay_addresses:
-                return  # not through the tunnel: unauthenticated, close unread
+                self._refuse("not_overlay", host)  # not through the tunnel
+                return
+            if not self.stream_from(host):
+                self._refuse("not_member", host)
+                return
+            if self._streams >= self.max_streams:
+                self._refuse("too_many", host)
+                return
+            self._streams += 1
+            counted = True
             async with asyncio.timeout(STREAM_TIMEOUT):
                 (length,) = struct.unpack("!I", await reader.readexactly(4))
-                if length > MAX_STREAM_MESSAGE:
-                    log.info("stream from %s announced %d bytes; refused", peer[0], length)
+                if length > self.max_message:
+                    self._refuse("oversize", host)
+                    log.info("stream from %s announced %d bytes; refused", host, length)
                     return
                 data = await reader.readexactly(length)
             self.bytes_received += length + 4
-            self.on_message(Received(data, (_unmap(peer[0]), peer[1]), STREAM))
+            self.on_message(Received(data, (host, peer[1]), STREAM))
         except (OSError, TimeoutError, asyncio.IncompleteReadError, struct.error) as exc:
             log.debug("stream receive failed: %s", exc)
         except Exception:
             log.exception("handling a stream message")
         finally:
+            if counted:
+                self._streams -= 1
             writer.close()
 
     async def close(self) -> None:

@@ -17,6 +17,7 @@ import functools
 import ipaddress
 import logging
 import os
+import re
 import shutil
 import signal
 import time
@@ -114,8 +115,37 @@ def parse_endpoint(text: str) -> tuple[str, int]:
 # --- userspace: UAPI client --------------------------------------------------------------------
 
 
+_UAPI_VALUE = re.compile(r"[0-9A-Za-z.:\[\]/%_-]{1,128}")
+"""Every value meshd writes looks like this: hex keys, numbers, `true`, endpoints (`[v6]:port`,
+a zone ID of an interface name at most), prefixes."""
+
+
+def _check_uapi_framing(lines: list[str]) -> list[str]:
+    """`lines` unchanged, or WireGuardError when a value could break the UAPI framing.
+
+    A `set` is key=value lines ended by a blank line, and it is not atomic: a value holding a
+    newline starts a line of its own choosing (`remove=true`), and one holding a blank line
+    ends the transaction early, so wireguard-go configures nothing after it and still answers
+    errno=0 (issue #22, an endpoint's IPv6 zone ID). Announced endpoints are refused long
+    before (`meshd.core.endpoints.endpoint_refusal`); this is the last line of defence, and it
+    runs before a byte is written. The error names the key and the peer, never the value (for
+    other keys it could be a secret)."""
+    peer = ""
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key == "public_key":
+            peer = f" of peer {value[:16]}"
+        if not _UAPI_VALUE.fullmatch(value):
+            raise WireGuardError(
+                f"encoding a UAPI set: the {key} value{peer} holds characters that would break "
+                "the key=value line framing; nothing was written"
+            )
+    return lines
+
+
 def encode_uapi_set(ops: Sequence[WgOp]) -> list[str]:
-    """UAPI `set` lines for `ops` (cross-platform UAPI, wireguard.com/xplatform)."""
+    """UAPI `set` lines for `ops` (cross-platform UAPI, wireguard.com/xplatform). Raises
+    WireGuardError for a value that could break the line framing (`_check_uapi_framing`)."""
     lines: list[str] = []
     for op in ops:
         if isinstance(op, SetPrivateKey):
@@ -142,7 +172,7 @@ def encode_uapi_set(ops: Sequence[WgOp]) -> list[str]:
             # Must precede the allowed_ip lines, else they are appended to the old set.
             lines.append("replace_allowed_ips=true")
             lines += [f"allowed_ip={p.with_prefixlen}" for p in peer.allowed_ips]
-    return lines
+    return _check_uapi_framing(lines)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -536,6 +566,14 @@ class KernelBackend:
     async def apply(self, ifname: str, ops: Sequence[WgOp]) -> None:
         from meshd.adapters.rtnl import open_wireguard_genl
 
+        # Every peer's netlink attributes are built (and checked) before the first is sent:
+        # a refused one must not leave the device half configured.
+        try:
+            specs = {
+                id(op): kernel_peer_spec(op) for op in ops if isinstance(op, AddPeer | UpdatePeer)
+            }
+        except WireGuardError as exc:
+            raise WireGuardError(f"setting {describe(ops)} on {ifname}: {exc}") from None
         wg = open_wireguard_genl(self.netns)
         try:
             for op in ops:
@@ -549,7 +587,7 @@ class KernelBackend:
                     key = b64encode(op.public_key).decode()
                     await wg.set(ifname, peer={"public_key": key, "remove": True})
                 else:
-                    await wg.set(ifname, peer=kernel_peer_spec(op))
+                    await wg.set(ifname, peer=specs[id(op)])
         except Exception as exc:
             raise WireGuardError(f"setting {describe(ops)} on {ifname}: {exc}") from None
         finally:
@@ -579,8 +617,23 @@ def kernel_peer_spec(op: AddPeer | UpdatePeer) -> dict[str, Any]:
         spec["allowed_ips"] = [p.with_prefixlen for p in peer.allowed_ips]
         spec["replace_allowed_ips"] = True
     if peer.endpoint is not None:
-        spec["endpoint_addr"], spec["endpoint_port"] = peer.endpoint
+        host, port = peer.endpoint
+        # pyroute2 takes the address as text: only a plain IP literal is passed on (no zone
+        # ID, whose text Python keeps as it came; issue #22). See `_check_uapi_framing`.
+        if "%" in host or not _is_ip_literal(host):
+            raise WireGuardError(
+                f"encoding peer {peer.public_key.hex()[:16]} for the kernel: its endpoint is not "
+                "a plain IP address; nothing was set"
+            )
+        spec["endpoint_addr"], spec["endpoint_port"] = host, port
     return spec
+
+
+def _is_ip_literal(text: str) -> bool:
+    try:
+        return str(ipaddress.ip_address(text)) == text
+    except ValueError:
+        return False
 
 
 def _kernel_peer(p: Any) -> PeerStatus:

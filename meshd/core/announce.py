@@ -6,8 +6,10 @@ clock in milliseconds, so a node that lost its state still outranks its old reco
 doubles as SWIM's incarnation number: refuting a suspicion means signing a newer announcement.
 
 Checks run in this order and stop at the first failure, before any state changes:
-size -> structure -> signature -> certificate (CA, mesh, validity, revocation, claimed prefixes)
--> version (done by the peer table, which knows the newest version seen).
+size -> structure -> certificate (mesh, CA, validity, revocation) -> signatures -> claimed
+prefixes and PSK ids -> version (done by the peer table, which knows the newest version seen).
+The cheap checks come before the signatures so that a stranger's junk costs no Ed25519
+verification (issue #22).
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from meshd.core.cert import (
     Certificate,
     TrustAnchor,
     check_certificate,
-    decode_certificate,
+    check_certificate_signature,
+    parse_certificate,
     parse_prefix_list,
 )
+from meshd.core.endpoints import endpoint_refusal
 from meshd.core.errors import LocalProtocolError, Reject, RemoteProtocolError
 from meshd.core.identity import KEY_LEN, SIGNATURE_LEN, SigningKey, verify_signature
 
@@ -123,6 +127,9 @@ def sign_announcement(
     if identity.public != cert.identity_key:
         raise LocalProtocolError("identity key does not match the certificate")
     eps = tuple((str(ipaddress.ip_address(h)), int(p)) for h, p in endpoints)
+    for host, _port in eps:
+        if (why := endpoint_refusal(host)) is not None:
+            raise LocalProtocolError(f"endpoint {host} cannot be announced: it {why}")
     prefs = tuple(prefixes)
     if not set(prefs) <= set(cert.prefixes):
         missing = sorted(set(prefs) - set(cert.prefixes))
@@ -150,12 +157,11 @@ def _endpoints(value: object) -> tuple[Endpoint, ...]:
     for item in items:
         host, port = enc.expect_tuple(item, "endpoint", 2)
         host = enc.expect_str(host, "endpoint host", 45)
-        try:
-            canonical = str(ipaddress.ip_address(host))
-        except ValueError:
-            raise RemoteProtocolError(Reject.MALFORMED, f"endpoint {host!r} is not an IP") from None
-        if canonical != host:
-            raise RemoteProtocolError(Reject.MALFORMED, f"endpoint {host!r} not canonical")
+        # The whole announcement is refused, not just the endpoint: the node signed it, and
+        # an honest node never announces such an endpoint (`sign_announcement` refuses to).
+        why = endpoint_refusal(host)
+        if why is not None:
+            raise RemoteProtocolError(Reject.BAD_ENDPOINT, f"endpoint {host!r} {why}")
         out.append((host, enc.expect_int(port, "endpoint port", 1, 65535)))
     return tuple(out)
 
@@ -175,6 +181,20 @@ def psk_compatible(ours: Iterable[bytes], theirs: Iterable[bytes]) -> bool:
 
 def _decode(data: bytes) -> Announcement:
     """Size, structure and signature checks (no trust decisions)."""
+    ann, body_bytes, cert_body = _parse(data)
+    check_certificate_signature(ann.cert, cert_body)
+    _check_signature(ann, body_bytes)
+    return ann
+
+
+def _check_signature(ann: Announcement, body_bytes: bytes) -> None:
+    if not verify_signature(ann.node_id, ANNOUNCEMENT_DOMAIN, body_bytes, ann.signature):
+        raise RemoteProtocolError(Reject.BAD_SIGNATURE, f"announcement of {ann.name!r}")
+
+
+def _parse(data: bytes) -> tuple[Announcement, bytes, bytes]:
+    """Structure only, no signature: the announcement, its signed body and its certificate's
+    signed body (for the two signature checks)."""
     outer = enc.expect_tuple(enc.unpack(data, "announcement", MAX_ANNOUNCEMENT_SIZE), "ann", 2)
     body_bytes = enc.expect_bytes(outer[0], "announcement body")
     signature = enc.expect_bytes(outer[1], "announcement signature", SIGNATURE_LEN)
@@ -183,7 +203,7 @@ def _decode(data: bytes) -> Announcement:
     )
     if body[0] != ANNOUNCEMENT_FORMAT:
         raise RemoteProtocolError(Reject.UNSUPPORTED_VERSION, f"announcement format {body[0]!r}")
-    cert = decode_certificate(enc.expect_bytes(body[1], "announcement certificate"))
+    cert, cert_body = parse_certificate(enc.expect_bytes(body[1], "announcement certificate"))
     next_key = body[4]
     if next_key is not None:
         next_key = enc.expect_bytes(next_key, "next wireguard key", KEY_LEN)
@@ -206,17 +226,28 @@ def _decode(data: bytes) -> Announcement:
         signature=signature,
         raw=data,
     )
-    if not verify_signature(cert.identity_key, ANNOUNCEMENT_DOMAIN, body_bytes, signature):
-        raise RemoteProtocolError(Reject.BAD_SIGNATURE, f"announcement of {cert.name!r}")
-    return ann
+    return ann, body_bytes, cert_body
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 class AnnouncementVerifier:
     """Checks announcements against the trust anchor and the revocation list.
 
-    Signature checks dominate the cost (~80 us each, two per announcement), and gossip delivers
-    the same announcement many times, so results of the expensive part are cached by the hash
-    of the raw bytes. Time and revocation are re-checked on every call: both change over time.
+    Signature checks dominate the cost (~80 us each, two per announcement), so they run last
+    among the checks that can refuse a stranger: size, structure, then the certificate's mesh,
+    CA, validity window and revocation, all cheap, come first (issue #22: a rogue CA's requests
+    cost two signature checks each before). Prefix and PSK-id checks follow the signatures:
+    their refusals are logged with the node's name, which only a signed announcement may put
+    in a log line.
+
+    Gossip delivers the same announcement many times, so the results of the expensive part
+    are cached by the hash of the raw bytes; time and revocation are re-checked on every call:
+    both change over time. Failed signature checks are remembered too (bounded, by the hash of
+    the announcement and of its certificate), so a replayed bad request, or a new one around a
+    certificate whose CA signature failed, costs no signature check.
     """
 
     def __init__(
@@ -225,6 +256,7 @@ class AnnouncementVerifier:
         is_revoked: Callable[[Certificate], bool] = lambda c: False,
         cache_size: int = 4096,
         psk_ids: Iterable[bytes] = (),
+        failure_cache_size: int = 4096,
     ) -> None:
         self.trust = trust
         self.is_revoked = is_revoked
@@ -232,20 +264,24 @@ class AnnouncementVerifier:
         """Ids of the PSK secrets this node holds; a peer holding none of them is refused."""
         self._cache: OrderedDict[bytes, Announcement] = OrderedDict()
         self._cache_size = cache_size
+        self._failed: OrderedDict[bytes, RemoteProtocolError] = OrderedDict()
+        """Hash of an announcement or certificate whose signature check failed -> the error."""
+        self._failure_cache_size = failure_cache_size
+        self.signature_checks = 0
+        """Announcements whose signatures were checked (each one or two Ed25519 verifications)."""
 
     def verify(self, data: bytes, now: float) -> Announcement:
         """Return the announcement or raise `RemoteProtocolError`. `now` is Unix seconds."""
-        if len(data) > MAX_ANNOUNCEMENT_SIZE:
-            raise RemoteProtocolError(
-                Reject.OVERSIZE, f"announcement is {len(data)} bytes, limit {MAX_ANNOUNCEMENT_SIZE}"
-            )
-        digest = hashlib.blake2b(data, digest_size=16).digest()
+        self._check_size(data)
+        digest = _digest(data)
         ann = self._cache.get(digest)
-        if ann is None:
-            ann = _decode(data)
-        else:
+        if ann is not None:
             self._cache.move_to_end(digest)
-        check_certificate(ann.cert, self.trust, now, self.is_revoked)
+            self._check_trust(ann, now)
+        else:
+            ann, body_bytes, cert_body = self._parse_unverified(data, digest)
+            self._check_trust(ann, now)
+            self._check_signatures(ann, body_bytes, cert_body, digest)
         if not set(ann.prefixes) <= set(ann.cert.prefixes):
             raise RemoteProtocolError(
                 Reject.NOT_CERTIFIED, f"{ann.name!r} advertises prefixes its certificate lacks"
@@ -257,6 +293,62 @@ class AnnouncementVerifier:
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return ann
+
+    def needs_signature_check(self, data: bytes, now: float) -> bool:
+        """Run every check `verify` runs before the signatures and say whether `verify` would
+        then check signatures (False: known good, its result is cached). Raises
+        `RemoteProtocolError` for what the cheap checks refuse, and for an announcement or
+        certificate whose signature check failed before. Lets a caller spend a verification
+        budget only on what costs one (`meshd.core.joingate`)."""
+        self._check_size(data)
+        digest = _digest(data)
+        ann = self._cache.get(digest)
+        if ann is not None:
+            self._check_trust(ann, now)
+            return False
+        ann, _body, _cert_body = self._parse_unverified(data, digest)
+        self._check_trust(ann, now)
+        return True
+
+    def _parse_unverified(self, data: bytes, digest: bytes) -> tuple[Announcement, bytes, bytes]:
+        failed = self._failed.get(digest)
+        if failed is None:
+            ann, body_bytes, cert_body = _parse(data)
+            failed = self._failed.get(_digest(ann.cert.raw))
+            if failed is None:
+                return ann, body_bytes, cert_body
+        raise RemoteProtocolError(failed.reason, failed.detail)
+
+    @staticmethod
+    def _check_size(data: bytes) -> None:
+        if len(data) > MAX_ANNOUNCEMENT_SIZE:
+            raise RemoteProtocolError(
+                Reject.OVERSIZE, f"announcement is {len(data)} bytes, limit {MAX_ANNOUNCEMENT_SIZE}"
+            )
+
+    def _check_trust(self, ann: Announcement, now: float) -> None:
+        check_certificate(ann.cert, self.trust, now, self.is_revoked)
+
+    def _check_signatures(
+        self, ann: Announcement, body_bytes: bytes, cert_body: bytes, digest: bytes
+    ) -> None:
+        self.signature_checks += 1
+        try:
+            try:
+                check_certificate_signature(ann.cert, cert_body)
+            except RemoteProtocolError as exc:
+                self._remember_failure(_digest(ann.cert.raw), exc)
+                raise
+            _check_signature(ann, body_bytes)
+        except RemoteProtocolError as exc:
+            self._remember_failure(digest, exc)
+            raise
+
+    def _remember_failure(self, digest: bytes, exc: RemoteProtocolError) -> None:
+        self._failed[digest] = exc
+        self._failed.move_to_end(digest)
+        if len(self._failed) > self._failure_cache_size:
+            self._failed.popitem(last=False)
 
 
 def _psk_mismatch(ann: Announcement, ours: tuple[bytes, ...]) -> str:

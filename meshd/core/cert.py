@@ -169,6 +169,22 @@ def parse_prefix_list(value: object, what: str) -> tuple[str, ...]:
 def decode_certificate(data: bytes) -> Certificate:
     """Strictly decode a certificate and check its CA signature (not trust, validity or
     revocation: see `check_certificate`). Raises `RemoteProtocolError`."""
+    cert, body_bytes = parse_certificate(data)
+    check_certificate_signature(cert, body_bytes)
+    return cert
+
+
+def check_certificate_signature(cert: Certificate, body_bytes: bytes) -> None:
+    """The CA's signature over `body_bytes` (from `parse_certificate`); ~80 us."""
+    if not verify_signature(cert.ca_key, CERT_DOMAIN, body_bytes, cert.signature):
+        raise RemoteProtocolError(Reject.BAD_SIGNATURE, f"certificate of {cert.name!r}")
+
+
+def parse_certificate(data: bytes) -> tuple[Certificate, bytes]:
+    """Strictly decode a certificate *without* checking its signature, and return it with the
+    signed body bytes. For receivers that run cheap checks (mesh, CA, validity) before the
+    signature check (`meshd.core.announce.AnnouncementVerifier`); anything else uses
+    `decode_certificate`. Raises `RemoteProtocolError`."""
     body_bytes, signature = _signed_parts(data, "certificate", MAX_CERT_SIZE)
     body = enc.expect_tuple(enc.unpack(body_bytes, "certificate body", MAX_CERT_SIZE), "cert", 11)
     if body[0] != CERT_FORMAT:
@@ -189,9 +205,7 @@ def decode_certificate(data: bytes) -> Certificate:
     )
     if not cert.addresses:
         raise RemoteProtocolError(Reject.MALFORMED, "certificate has no overlay address")
-    if not verify_signature(cert.ca_key, CERT_DOMAIN, body_bytes, signature):
-        raise RemoteProtocolError(Reject.BAD_SIGNATURE, f"certificate of {cert.name!r}")
-    return cert
+    return cert, body_bytes
 
 
 def check_certificate(

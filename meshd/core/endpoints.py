@@ -38,6 +38,53 @@ RESTART_HANDSHAKE_TIMES = 4
 """Re-creations per peer, at most: an unreachable peer then costs four more initiations, after
 which WireGuard's own retry (every 5 s) goes on."""
 
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
+_MAPPED_AND_COMPATIBLE = ipaddress.IPv6Network("::/8")
+
+
+def endpoint_refusal(host: str) -> str | None:
+    """Why `host` cannot be an announced underlay endpoint, or None when it can be.
+
+    An endpoint is written into every peer's WireGuard configuration, so a member could
+    otherwise aim every node's handshakes at any host, or smuggle text into the UAPI `set`
+    transaction (issue #22): Python's `ipaddress` keeps an IPv6 zone ID ("%...") with almost
+    any character in it, newlines included, and prints it back unchanged. Refused:
+
+    * text that is not exactly the canonical form of an IP address (so no zone ID, no brackets,
+      no IPv4-mapped form: peers know IPv4 endpoints in IPv4 form, `meshd.adapters.transport`);
+    * addresses no peer can send handshakes to: unspecified, loopback (each peer's own host),
+      multicast, link-local (needs a zone, which means nothing on another host), IPv4 reserved
+      (240/4, including the limited broadcast 255.255.255.255) and 0/8, and IPv6 ::/8
+      (IPv4-mapped and -compatible forms).
+
+    These are the addresses `meshd.adapters.addresses.underlay_addresses` never offers as our
+    own endpoints either. A unicast address of a third party cannot be told apart from a real
+    endpoint here: that is left (docs/protocol.md, threat model); peers send it at most
+    WireGuard's handshake initiations, one per 5 s, while `EndpointChoice` tries it."""
+    if "%" in host:
+        return "has a zone ID"
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return "is not an IP address"
+    if str(addr) != host:
+        return "is not in canonical form"
+    if addr.is_unspecified:
+        return "is unspecified"
+    if addr.is_loopback:
+        return "is loopback"
+    if addr.is_multicast:
+        return "is multicast"
+    if addr.is_link_local:
+        return "is link-local"
+    if isinstance(addr, ipaddress.IPv4Address) and addr.is_reserved:
+        return "is reserved or broadcast"
+    if isinstance(addr, ipaddress.IPv4Address) and addr in _THIS_NETWORK:
+        return "is in 0.0.0.0/8"
+    if isinstance(addr, ipaddress.IPv6Address) and addr in _MAPPED_AND_COMPATIBLE:
+        return "is an IPv4-mapped, IPv4-compatible or reserved IPv6 address"
+    return None
+
 
 def handshake_restart_in(
     own_key: bytes, peer_key: bytes, added_for: float | None, handshake_age: float | None

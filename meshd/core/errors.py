@@ -32,6 +32,8 @@ class Reject(enum.StrEnum):
     WRONG_CHANNEL = "wrong_channel"
     UNKNOWN_TYPE = "unknown_type"
     PSK_MISMATCH = "psk_mismatch"
+    BAD_ENDPOINT = "bad_endpoint"
+    """An announced underlay endpoint no peer may be given (`meshd.core.endpoints`)."""
 
 
 class MeshError(Exception):

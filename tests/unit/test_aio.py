@@ -1,11 +1,12 @@
 import asyncio
 import contextlib
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 
 import pytest
 
-from meshd.aio import at_deadlines, wait_event
+from meshd.aio import at_deadlines, keep_running, wait_event
 
 
 async def wait_for_event(event: asyncio.Event, seconds: float) -> bool:
@@ -102,3 +103,55 @@ async def test_at_deadlines_does_not_spin_on_a_deadline_the_pass_leaves_due() ->
     with contextlib.suppress(asyncio.CancelledError):
         await task
     assert acted == []
+
+
+async def test_keep_running_runs_a_failed_loop_again_and_counts_each_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runs: list[int] = []
+    failures: list[str] = []
+
+    async def loop() -> None:
+        runs.append(len(runs))
+        if len(runs) <= 3:
+            raise ValueError("peer abcd listed twice")  # the same failure three times
+        # the fourth run ends normally (a loop with nothing to do)
+
+    caplog.set_level(logging.DEBUG, logger="meshd")
+    await asyncio.wait_for(keep_running("keys", loop, failures.append, retry_after=0.001), 5)
+    assert runs == [0, 1, 2, 3]
+    assert failures == ["keys", "keys", "keys"]
+    # The traceback once, then one line per repeat of the very same failure.
+    records = [(r.levelno, r.exc_info is not None, r.getMessage()) for r in caplog.records]
+    assert records == [
+        (logging.ERROR, True, "keys loop failed; running it again in 0.0 s"),
+        (logging.DEBUG, False, "keys loop failed again (ValueError: peer abcd listed twice)"),
+        (logging.DEBUG, False, "keys loop failed again (ValueError: peer abcd listed twice)"),
+    ]
+
+
+async def test_keep_running_logs_a_different_failure_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    errors = [ValueError("one"), KeyError("two")]
+
+    async def loop() -> None:
+        if errors:
+            raise errors.pop(0)
+
+    await asyncio.wait_for(keep_running("timer", loop, lambda what: None, retry_after=0.001), 5)
+    assert [(r.levelno, r.exc_info is not None) for r in caplog.records] == [
+        (logging.ERROR, True),
+        (logging.ERROR, True),
+    ]
+
+
+async def test_keep_running_ends_when_cancelled_while_waiting_to_retry() -> None:
+    async def loop() -> None:
+        raise RuntimeError("always")
+
+    task = asyncio.create_task(keep_running("desired", loop, lambda what: None, retry_after=60))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=2.0)
+    assert done == {task} and task.cancelled()

@@ -1,3 +1,5 @@
+import ipaddress
+
 import pytest
 
 from meshd.core import encoding as enc
@@ -138,3 +140,51 @@ def test_peers_take_a_rotated_key_after_the_announced_time_plus_lag() -> None:
     )  # fmt: skip
     assert ann.wg_key_at(at_ms / 1000) == bytes(32)  # the node itself switches first
     assert ann.wg_key_at((at_ms + PEER_SWITCH_LAG_MS) / 1000) == nxt
+
+
+def resigned(n: int, field: int, value: object) -> bytes:
+    """Member n's valid announcement with body field `field` replaced, signed by member n:
+    what a member with a valid certificate and modified code can send."""
+    body = list(enc.unpack(enc.unpack(announcement(n).raw, "a", 2048)[0], "b", 2048))
+    body[field] = value
+    raw_body = enc.pack(tuple(body))
+    return enc.pack((raw_body, node_key(n).sign(ANNOUNCEMENT_DOMAIN, raw_body)))
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "::%x]:1\nremove=true\nendpoint=[::1",  # issue #22: UAPI lines through a zone ID
+        "fe80::1%eth0",
+        "127.0.0.1",
+        "::1",
+        "ff02::1",
+        "224.0.0.251",
+        "0.0.0.0",
+        "255.255.255.255",
+        "fe80::1",
+        str(ipaddress.ip_address("::ffff:192.0.2.1")),  # canonical on this Python
+    ],
+)
+def test_announcement_with_an_endpoint_no_peer_may_be_given_is_refused(host: str) -> None:
+    evil = resigned(2, 6, (("192.0.2.1", 51820), (host, 51820)))
+    verifier = AnnouncementVerifier(TRUST)
+    with pytest.raises(RemoteProtocolError) as exc:
+        verifier.verify(evil, NOW)
+    assert exc.value.reason is Reject.BAD_ENDPOINT
+    assert exc.value.detail.startswith(f"endpoint {host!r} ")
+
+
+def test_resigned_announcement_with_good_endpoints_verifies() -> None:
+    # The helper above changes nothing else: the same endpoints verify.
+    good = resigned(2, 6, (("192.0.2.1", 51820), ("2001:db8::1", 51820)))
+    assert verify(good) is None
+
+
+def test_a_node_cannot_sign_an_endpoint_peers_would_refuse() -> None:
+    with pytest.raises(LocalProtocolError) as exc:
+        sign_announcement(
+            node_key(1), node_cert(1), version=1, wg_public_key=bytes(32),
+            endpoints=[("127.0.0.1", 51820)], meshd_port=51821, issued_at=0,
+        )  # fmt: skip
+    assert str(exc.value) == "endpoint 127.0.0.1 cannot be announced: it is loopback"

@@ -37,6 +37,11 @@ def test_file_and_environment_are_merged(tmp_path: Path) -> None:
         ('mesh = "p"\nlisten_port = "x"', {}, "listen_port: 'x' from"),
         ('mesh = "p"\nseeds = ["nocolon"]', {}, "seeds: 'nocolon' is not host:port"),
         ('mesh = "p"\nendpoints = ["host.example:1"]', {}, "endpoints: 'host.example:1': host"),
+        (
+            'mesh = "p"\nendpoints = ["127.0.0.1:1"]',
+            {},
+            "endpoints: '127.0.0.1:1': cannot be announced, the host is loopback",
+        ),
         ('mesh = "p"\nbackend = "magic"', {}, "backend: 'magic'"),
         ('mesh = "p"\nmtu = 1000', {}, "mtu: 1000 outside"),
         ('mesh = "p"\nmeshd_port = 51820', {}, "meshd_port: must differ"),

@@ -1,9 +1,12 @@
 import ipaddress
 
+import pytest
+
 from meshd.core.endpoints import (
     MOVE_GRACE_S,
     RESTART_HANDSHAKE_AFTER_S,
     EndpointChoice,
+    endpoint_refusal,
     handshake_restart_in,
     preferred_order,
 )
@@ -104,3 +107,40 @@ def test_endpoints_on_a_shared_link_come_first_ipv4_before_ipv6() -> None:
     assert preferred_order(announced, ()) == announced
     # A name (a static peer's endpoint) is never on a link.
     assert preferred_order((("seed.example", 1), lan4), on_lan) == (lan4, ("seed.example", 1))
+
+
+# Canonical text of an IPv4-mapped address differs between Python versions (3.13 prints the
+# dotted form): take whatever this one calls canonical.
+MAPPED = str(ipaddress.ip_address("::ffff:192.0.2.1"))
+
+
+@pytest.mark.parametrize(
+    ("host", "why"),
+    [
+        ("192.0.2.1", None),
+        ("10.1.2.3", None),
+        ("2001:db8::1", None),
+        ("fd12:3456::1", None),
+        ("::%x]:1\nremove=true\nendpoint=[::1", "has a zone ID"),  # issue #22, finding 2
+        ("fe80::1%eth0", "has a zone ID"),
+        ("2001:DB8::1", "is not in canonical form"),
+        ("2001:db8:0::1", "is not in canonical form"),
+        ("[2001:db8::1]", "is not an IP address"),
+        ("host.example", "is not an IP address"),
+        ("0.0.0.0", "is unspecified"),
+        ("::", "is unspecified"),
+        ("127.0.0.1", "is loopback"),
+        ("127.1.2.3", "is loopback"),
+        ("::1", "is loopback"),
+        ("224.0.0.1", "is multicast"),
+        ("ff02::1", "is multicast"),
+        ("169.254.1.1", "is link-local"),
+        ("fe80::1", "is link-local"),
+        ("255.255.255.255", "is reserved or broadcast"),
+        ("240.0.0.1", "is reserved or broadcast"),
+        ("0.1.2.3", "is in 0.0.0.0/8"),
+        (MAPPED, "is an IPv4-mapped, IPv4-compatible or reserved IPv6 address"),
+    ],
+)
+def test_endpoint_refusal_by_family_and_class(host: str, why: str | None) -> None:
+    assert endpoint_refusal(host) == why

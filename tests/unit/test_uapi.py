@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ipaddress
+from pathlib import Path
+
+import pytest
 
 from meshd.adapters.wireguard import (
+    UserspaceBackend,
+    WireGuardError,
+    _check_uapi_framing,
     decode_uapi_get,
     describe,
     encode_uapi_set,
@@ -133,3 +140,64 @@ def test_kernel_peer_spec_replaces_allowed_ips_only_when_they_changed() -> None:
     psk_only = kernel_peer_spec(UpdatePeer(peer, allowed_ips_changed=False))
     assert "allowed_ips" not in psk_only and "replace_allowed_ips" not in psk_only
     assert base64.b64decode(psk_only["preshared_key"]) == PSK
+
+
+# An endpoint host Python's ipaddress accepts (an IPv6 zone ID keeps any character but '/' and
+# '%') and prints back unchanged: a blank line in it would end the set transaction early.
+EVIL_HOST = "::%x]:1\nremove=true\n\nendpoint=[::1"
+
+
+def test_uapi_set_refuses_a_value_that_breaks_the_line_framing() -> None:
+    evil = WgPeer(K2, (EVIL_HOST, 51820), (N("fd00::2/128"),))
+    with pytest.raises(WireGuardError) as exc:
+        encode_uapi_set([AddPeer(WgPeer(K1)), AddPeer(evil)])
+    assert str(exc.value) == (
+        f"encoding a UAPI set: the endpoint value of peer {K2.hex()[:16]} holds characters "
+        "that would break the key=value line framing; nothing was written"
+    )
+
+
+@pytest.mark.parametrize("value", ["a\nb", "a=b", "a\x00b", "a b", ""])
+def test_uapi_framing_check_refuses_newline_equals_nul_space_and_empty(value: str) -> None:
+    with pytest.raises(WireGuardError, match="listen_port value holds characters"):
+        _check_uapi_framing([f"listen_port={value}"])
+
+
+async def test_userspace_apply_writes_nothing_when_a_value_is_refused(tmp_path: Path) -> None:
+    received: list[bytes] = []
+
+    async def fake_wireguard_go(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await reader.read(65536))
+        writer.write(b"errno=0\n\n")
+        writer.close()
+
+    server = await asyncio.start_unix_server(fake_wireguard_go, str(tmp_path / "mesh0.sock"))
+    try:
+        backend = UserspaceBackend.__new__(UserspaceBackend)  # no wireguard-go binary needed
+        backend.socket_dir, backend._clients, backend._procs = tmp_path, {}, {}
+        evil = WgPeer(K2, (EVIL_HOST, 51820), (N("fd00::2/128"),))
+        with pytest.raises(WireGuardError) as exc:
+            await backend.apply("mesh0", [AddPeer(WgPeer(K1)), AddPeer(evil)])
+        assert str(exc.value) == (
+            f"setting 2 peer(s) on mesh0: encoding a UAPI set: the endpoint value of peer "
+            f"{K2.hex()[:16]} holds characters that would break the key=value line framing; "
+            "nothing was written"
+        )
+        await asyncio.sleep(0.05)
+        assert received == []  # not even the lines before the refused one
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def test_kernel_peer_spec_refuses_an_endpoint_that_is_not_a_plain_ip() -> None:
+    for host in (EVIL_HOST, "fe80::1%eth0"):
+        with pytest.raises(WireGuardError) as exc:
+            kernel_peer_spec(AddPeer(WgPeer(K2, (host, 51820))))
+        assert str(exc.value) == (
+            f"encoding peer {K2.hex()[:16]} for the kernel: its endpoint is not a plain IP "
+            "address; nothing was set"
+        )
+    assert kernel_peer_spec(AddPeer(WgPeer(K2, ("2001:db8::1", 1))))["endpoint_addr"] == (
+        "2001:db8::1"
+    )
