@@ -439,6 +439,11 @@ class Daemon:
         await dataplane.start()  # reconciler loop, netlink monitor, resolver
         # Only now does `_after_core` see a data plane: until here it held overlay traffic.
         self.dataplane, self.reconciler = dataplane, dataplane.reconciler
+        # Our addresses were read before the netlink monitor started: a change in between
+        # (a DHCP lease renewed as the host boots, a restarted node moved at once) raised no
+        # event, and we would announce an address we no longer have for good (issue 27: NATed
+        # peers, which cannot be reached first, never found the node again). Read them again.
+        self._spawn(self._reannounce())
         await self.egress.start()  # forwarding, nftables, tayga: after the interface exists
         # Members learnt while WireGuard was starting (the join reply, persisted peers) are
         # applied now, and the overlay traffic held for them is released once they are in.
