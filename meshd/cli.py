@@ -205,9 +205,16 @@ def format_status(status: dict[str, object]) -> str:
         rtt = f"{p['rtt_ms']:.1f}ms" if p.get("rtt_ms") is not None else "-"
         rows.append((
             str(p["name"]), str(p["overlay_addresses"][0]), str(p.get("endpoint") or "-"),
-            str(p["state"]), _age(p.get("handshake_age_s")), rtt,
+            "degraded" if p.get("degraded_for_s") is not None else str(p["state"]),
+            _age(p.get("handshake_age_s")), rtt,
             f"{_bytes(int(p.get('rx_bytes', 0)))} / {_bytes(int(p.get('tx_bytes', 0)))}",
         ))  # fmt: skip
+    for p in sorted(peers, key=lambda p: str(p["name"])):
+        if p.get("degraded_for_s") is not None:
+            lines.append(
+                f"  degraded: {p['name']} for {p['degraded_for_s']:.0f} s: alive through other "
+                f"members, but our direct probes fail; {p.get('repair') or 'repairing'}"
+            )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines.append("")
     for r in rows:

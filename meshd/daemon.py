@@ -27,7 +27,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -69,6 +69,7 @@ from meshd.core.errors import MeshError, Reject, RemoteProtocolError
 from meshd.core.identity import WireGuardKey, key_id
 from meshd.core.joingate import JoinGate
 from meshd.core.keyclaims import WgKeyClaims
+from meshd.core.pairrepair import PairRepairs, RepairStep
 from meshd.core.psk import PskSecrets
 from meshd.core.ratelimit import SourceRateLimiter
 from meshd.core.routes import GatewayOffer, Held, RoutePolicy, choose_gateways, parse_accept
@@ -156,6 +157,8 @@ class Daemon:
         self._last_alive: dict[bytes, bytes] = {}
         """Newest ALIVE announcement of every member, persisted as restart contacts."""
         self._endpoint_choice: dict[bytes, EndpointChoice] = {}
+        self.pair_repairs = PairRepairs()
+        """Repairs of degraded pairs (meshd.core.pairrepair), run by `_repair_pairs`."""
         self._recompute_timer: asyncio.TimerHandle | None = None
         self._read_before_apply = False
         self._local_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
@@ -320,9 +323,38 @@ class Daemon:
     def _on_netlink(self, event: NetlinkEvent) -> None:
         if isinstance(event, UnderlayAddressesChanged | UnderlayLinkChanged):
             self.seed_resolver.trigger()
-            task = asyncio.get_running_loop().create_task(self._reannounce())
-            self._side_tasks.add(task)
-            task.add_done_callback(self._side_tasks.discard)
+            self._spawn(self._reannounce())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a side task whose failure is logged, kept referenced until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+        task.add_done_callback(_log_task_failure)
+
+    def _repair_pairs(self) -> None:
+        """The repair steps due for degraded pairs (meshd.core.pairrepair): re-create the
+        member's WireGuard peer, or move to its next announced endpoint and re-create it."""
+        if self.core is None or self.reconciler is None or self._left:
+            return
+        now = self.clock()
+        restart: set[bytes] = set()
+        for node_id, step in self.pair_repairs.plan(self.core.degraded(), now):
+            member = self.core.member(node_id)
+            if member is None:
+                continue
+            choice = self._endpoint_choice.get(node_id)
+            if step is RepairStep.NEXT_ENDPOINT and choice is not None:
+                choice.next_endpoint(now)
+            repair = self.pair_repairs.get(node_id)
+            log.info(
+                "pair with %s: %s (attempt %d)",
+                member.ann.name, step.value, repair.attempts if repair else 0,
+            )  # fmt: skip
+            restart.add(member.ann.wg_key_at(now))
+        if restart:
+            self._update_desired()  # with the endpoint chosen above
+            self.reconciler.restart_handshakes(restart)
 
     async def _reannounce(self) -> None:
         """Our underlay addresses changed: set every peer's endpoint again (drops WireGuard's
@@ -407,6 +439,11 @@ class Daemon:
         await dataplane.start()  # reconciler loop, netlink monitor, resolver
         # Only now does `_after_core` see a data plane: until here it held overlay traffic.
         self.dataplane, self.reconciler = dataplane, dataplane.reconciler
+        # Our addresses were read before the netlink monitor started: a change in between
+        # (a DHCP lease renewed as the host boots, a restarted node moved at once) raised no
+        # event, and we would announce an address we no longer have for good (issue 27: NATed
+        # peers, which cannot be reached first, never found the node again). Read them again.
+        self._spawn(self._reannounce())
         await self.egress.start()  # forwarding, nftables, tayga: after the interface exists
         # Members learnt while WireGuard was starting (the join reply, persisted peers) are
         # applied now, and the overlay traffic held for them is released once they are in.
@@ -628,6 +665,18 @@ class Daemon:
             # Its endpoints moved: the endpoint choice needs what WireGuard has learnt since
             # (roaming from the packet that brought the news), not the last periodic read.
             self._read_before_apply |= event.announcement.endpoints != event.previous.endpoints
+        elif isinstance(event, ms.PairDegraded):
+            log.warning(
+                "pair with %s degraded: our direct probes fail while others reach it; repairing",
+                self._member_name(event.node_id),
+            )
+            # Step 1 of the repair: perhaps we moved unnoticed (meshd.core.pairrepair).
+            self._spawn(self._reannounce())
+            asyncio.get_running_loop().call_soon(self._repair_pairs)
+            return False
+        elif isinstance(event, ms.PairRestored):
+            log.info("pair with %s works directly again", self._member_name(event.node_id))
+            return False
         elif isinstance(event, ms.PeerSuspected):
             member = self.core.member(event.node_id) if self.core else None
             log.info("peer %s suspected", member.ann.name if member else key_id(event.node_id))
@@ -856,6 +905,7 @@ class Daemon:
             await asyncio.sleep(ENDPOINT_PERIOD_S)
             await self.dataplane.refresh_status()
             self._update_desired()
+            self._repair_pairs()
 
     # --- keys that rotate: pair PSK epochs, PSK secret roll, WireGuard key ---------------------
 
@@ -1112,6 +1162,10 @@ class Daemon:
         checks = m.counter(
             "meshd_mesh_checks_total", "Checks of seed addresses and old contacts for another mesh."
         )
+        degraded = m.gauge(
+            "meshd_degraded_pairs",
+            "Live members we reach only through others (direct probes fail): repairs under way.",
+        )
         split = m.gauge(
             "meshd_split_suspected",
             "Seed addresses and contacts answering from a node outside our mesh (a split).",
@@ -1141,6 +1195,7 @@ class Daemon:
             merges.set(stats.get("merges", 0))
             checks.set(stats.get("mesh_checks", 0))
             split.set(len(self.core.split_suspected()))
+            degraded.set(len(self.core.degraded()))
             if self.reconciler is not None:
                 passes.set(self.reconciler.passes)
 
@@ -1154,10 +1209,13 @@ class Daemon:
             return []
         now = self.clock()
         out = []
+        degraded = self.core.degraded()
         for member in self.core.members():
             ann = member.ann
             stats = self._peer_status(ann.wg_key_at(now))
             endpoint = stats.peer.endpoint if stats else None
+            since = degraded.get(ann.node_id)
+            repair = self.pair_repairs.get(ann.node_id) if since is not None else None
             out.append(
                 {
                     "name": ann.name,
@@ -1173,6 +1231,10 @@ class Daemon:
                     "tx_bytes": stats.tx_bytes if stats else 0,
                     "rtt_ms": _ms(self.core.rtt(ann.node_id)),
                     "prefixes": list(ann.prefixes),
+                    "degraded_for_s": None if since is None else round(now - since, 1),
+                    "repair": None
+                    if repair is None or repair.step is None
+                    else f"{repair.step.value} (attempt {repair.attempts})",
                 }
             )
         return out
@@ -1226,7 +1288,18 @@ class Daemon:
             for p in live
             if p["handshake_age_s"] is not None and p["handshake_age_s"] < STALE_HANDSHAKE_S
         ]
+        direct = [p for p in fresh if p["degraded_for_s"] is None]
+        degraded = sum(1 for p in live if p["degraded_for_s"] is not None)
+        if fresh and not direct:
+            # It reaches members only through others: a restart (a new container) is more
+            # likely to help than waiting (docs/operations.md, "Health").
+            return False, f"no peer reachable directly ({degraded} of {len(live)} degraded)"
         if fresh:
+            if degraded:
+                return True, (
+                    f"{len(direct)} of {len(live)} peers reachable directly, {degraded} degraded "
+                    "(see meshctl status)"
+                )
             # A suspected split keeps the node healthy: it reaches its peers, restarting it
             # would not merge anything, and the merge runs by itself (docs/operations.md).
             split = " (mesh may be split: see meshctl status)" if self.split() else ""

@@ -299,6 +299,16 @@ class MeshLab:
                 out[n.name] = {names.get(k, f"?{k[:8].hex()}") for k in await n.wireguard_peers()}
         return out
 
+    async def degraded_pairs(self, nodes: list[MeshdNode]) -> list[str]:
+        """Every `a->b` where node a reports its pair with b degraded (meshctl status)."""
+        out = []
+        for a in nodes:
+            status = await a.status()
+            for p in (status or {}).get("peers", []):
+                if p.get("degraded_for_s") is not None:
+                    out.append(f"{a.name}->{p['name']}")
+        return out
+
     async def unreachable_pairs(self, nodes: list[MeshdNode], within: float = 2.0) -> list[str]:
         """Every ordered pair `a->b` of `nodes` whose IPv6 overlay ping goes unanswered (each
         node pings the others one after another; the nodes run in parallel)."""

@@ -47,6 +47,17 @@ class MembershipConfig:
     probe of a member is otherwise at a random moment of the cycle, so detecting a node that
     crashes right after joining takes at most this much longer."""
 
+    degraded_after: int = 2
+    """Probes of a live member in a row answered only through relays (its direct probe failed)
+    after which the pair is degraded (`PairDegraded`): the member is alive, but we cannot talk
+    to it directly. Default 2: one failed direct probe happens under load or loss; two, made a
+    probe interval apart, mean the path is broken. Detection takes about a probe cycle until
+    the first failure, then one more tick."""
+
+    degraded_recheck: float = 2.0
+    """A degraded pair is probed again this often (besides its turn in the cycle), so its repair
+    is noticed within seconds. Default 2 s: a few probes per broken pair, none for a healthy one."""
+
     indirect_checks: int = 3
     """k of SWIM section 3.1: members asked to probe on our behalf. Default 3 (memberlist):
     a false suspicion then needs all three relays to fail as well."""
@@ -172,6 +183,7 @@ class MembershipConfig:
             cycle_interval=0.15,
             probe_timeout=0.04,
             first_probe_after=0.2,
+            degraded_recheck=0.4,
             join_check_after=1.0,
             gossip_interval=0.05,
             push_pull_interval=2.0,

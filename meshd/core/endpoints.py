@@ -156,6 +156,21 @@ class EndpointChoice:
     moved_from: Endpoint | None = None
     restarts: int = 0
     """How often the peer was re-created for a first handshake (`handshake_restart_in`)."""
+    hold_until: float = 0.0
+    """Until then `current` is kept even while WireGuard reports a fresh handshake elsewhere:
+    set by `next_endpoint` for a degraded pair, whose session may look fresh while its path
+    does not work."""
+
+    def next_endpoint(self, now: float, hold: float = RETRY_AFTER_S) -> Endpoint | None:
+        """Move on to the next announced endpoint now and keep it for `hold` seconds (repair of
+        a degraded pair, meshd.core.pairrepair): every announced endpoint is tried in turn."""
+        if not self.announced:
+            return self.current
+        self.index = (self.index + 1) % len(self.announced)
+        self.current, self.chosen_at = self.announced[self.index], now
+        self.switch_at = self.moved_from = None
+        self.hold_until = now + hold
+        return self.current
 
     def update(
         self,
@@ -196,6 +211,8 @@ class EndpointChoice:
                 return None
             # Our own order of its endpoints changed, or no working session: the best at once.
             self.current = announced[0] if announced else roamed
+            return self.current
+        if now < self.hold_until:
             return self.current
         if self.switch_at is not None:
             if roamed == self.moved_from and now < self.switch_at:

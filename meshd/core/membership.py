@@ -194,6 +194,25 @@ class PeerLeft:
 
 
 @dataclass(frozen=True)
+class PairDegraded:
+    """Our direct probes of a live member keep failing while others reach it (indirect probes
+    answer): the member is alive, but this pair cannot talk directly. The daemon repairs."""
+
+    node_id: bytes
+    """The member."""
+    since: float
+    """When its first direct probe of the series failed."""
+
+
+@dataclass(frozen=True)
+class PairRestored:
+    """A direct probe of a member whose pair was degraded was answered directly again."""
+
+    node_id: bytes
+    """The member."""
+
+
+@dataclass(frozen=True)
 class RevocationAdded:
     """A new CA-signed revocation was accepted; certificates it names are refused from now."""
 
@@ -220,6 +239,8 @@ Event = (
     | PeerAlive
     | PeerDead
     | PeerLeft
+    | PairDegraded
+    | PairRestored
     | RevocationAdded
     | MessageRejected
 )
@@ -292,6 +313,8 @@ class _Probe:
     sent_at: float = 0.0
     indirect_sent: bool = False
     acked: bool = False
+    direct: bool = False
+    """The target itself answered (else only a relay did, or nobody)."""
     nacks_expected: int = 0
     nacks: int = 0
 
@@ -421,6 +444,13 @@ class MeshNode:
         """Members whose last exchange with us we started (see `_next_probe_target`)."""
         self._urgent: deque[bytes] = deque()
         """Suspects to probe at the next tick, ahead of the evidence order."""
+        self._relayed_only: dict[bytes, tuple[int, float]] = {}
+        """Live member -> (probes in a row answered only through relays, since when)."""
+        self._degraded: dict[bytes, float] = {}
+        """Members whose pair with us is degraded (`PairDegraded`) -> since when."""
+        self._recheck: list[tuple[float, bytes]] = []
+        """(when, member): probe it again then, ahead of the evidence order (a pair whose
+        direct probe failed: confirm soon; a degraded pair: notice its repair soon)."""
         self._tombstones: set[bytes] = set()
         self._hash = 0
 
@@ -780,6 +810,7 @@ class MeshNode:
 
     def _make_dead(self, node_id: bytes, m: Member, state: MemberState, now: float) -> None:
         self._checked_at.pop(node_id, None)  # its heap entry is dropped when it surfaces
+        self._forget_pair(node_id)
         self._probed_last.discard(node_id)
         pos = self._live_pos.pop(node_id, None)
         if pos is not None:
@@ -1017,7 +1048,7 @@ class MeshNode:
         if isinstance(msg, wire.Ping):
             self._send_piggybacked(source, lambda it: wire.Ack(msg.seq, it))
         elif isinstance(msg, wire.Ack):
-            self._on_ack(msg.seq, now)
+            self._on_ack(msg.seq, now, sender)
         elif isinstance(msg, wire.PingReq):
             self._on_ping_req(msg, source, now)
         elif isinstance(msg, wire.Nack):
@@ -1299,6 +1330,12 @@ class MeshNode:
         one probe interval later, and the pair takes turns; if the other stays silent (it
         crashed), the probe is only that interval late."""
         heap, checked_at = self._probe_heap, self._checked_at
+        while self._recheck and self._recheck[0][0] <= now:
+            _, node_id = heapq.heappop(self._recheck)
+            if node_id in checked_at and node_id in self._relayed_only:
+                checked_at[node_id] = now  # its heap entry is refiled when it surfaces
+                self._probed_last.add(node_id)
+                return node_id
         while self._urgent:
             node_id = self._urgent.popleft()
             m = self._members.get(node_id)
@@ -1394,6 +1431,7 @@ class MeshNode:
         assert p is not None
         if p.acked:
             self._health = max(0, self._health - 1)
+            self._pair_result(p.target, p.direct, p.sent_at, now)
             return
         m = self._members.get(p.target)
         if m is None or m.state not in _LIVE or m.live_since > p.sent_at:
@@ -1411,10 +1449,11 @@ class MeshNode:
         claim = SuspectItem(p.target, m.version, self.node_id)
         self._send(m.address, wire.encode(wire.Gossip((claim,))), Channel.OVERLAY)
 
-    def _on_ack(self, seq: int, now: float) -> None:
+    def _on_ack(self, seq: int, now: float, sender: bytes) -> None:
         p = self._probe
         if p is not None and p.seq == seq:
             p.acked = True
+            p.direct = p.direct or sender == p.target
             if not p.indirect_sent:
                 self.answered = p.target
                 # Round trip of a direct probe through the tunnel, smoothed as TCP's SRTT
@@ -1426,6 +1465,41 @@ class MeshNode:
         relay = self._relays.pop(seq, None)
         if relay is not None:
             self._send_piggybacked(relay.requester, lambda it: wire.Ack(relay.requester_seq, it))
+
+    # --- per-pair data-plane health ------------------------------------------------------------
+
+    def degraded(self) -> dict[bytes, float]:
+        """Live members whose pair with us is degraded (direct probes fail, others reach them)
+        -> since when (the first failed direct probe of the series)."""
+        return dict(self._degraded)
+
+    def _pair_result(self, node_id: bytes, direct: bool, sent_at: float, now: float) -> None:
+        """An answered probe: directly (the pair works) or only through relays (SWIM calls the
+        member alive, rightly; but this pair cannot talk: a cut between the two, a stale
+        endpoint, a NAT). `degraded_after` such probes in a row make the pair degraded; they
+        are made `probe_interval` apart (`_recheck`) instead of a probe cycle apart, so a cut
+        is known within about the failure detection time."""
+        cfg = self.config
+        if direct:
+            self._relayed_only.pop(node_id, None)
+            if self._degraded.pop(node_id, None) is not None:
+                self._events.append(PairRestored(node_id))
+            return
+        count, since = self._relayed_only.get(node_id, (0, sent_at))
+        count += 1
+        self._relayed_only[node_id] = (count, since)
+        self.stats["probes_relayed_only"] += 1
+        if count >= cfg.degraded_after and node_id not in self._degraded:
+            self._degraded[node_id] = since
+            self.stats["pairs_degraded"] += 1
+            self._events.append(PairDegraded(node_id, since))
+        delay = cfg.degraded_recheck if node_id in self._degraded else cfg.probe_interval
+        heapq.heappush(self._recheck, (now + delay, node_id))
+
+    def _forget_pair(self, node_id: bytes) -> None:
+        """A member that is no longer live has no pair health (dead is not degraded)."""
+        self._relayed_only.pop(node_id, None)
+        self._degraded.pop(node_id, None)
 
     def _on_ping_req(self, msg: wire.PingReq, source: Address, now: float) -> None:
         m = self._members.get(msg.target)

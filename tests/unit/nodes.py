@@ -71,10 +71,12 @@ class Lab:
         drop: set[int] | None = None,
         rounds: int = 50,
         lost: Callable[[str], bool] | None = None,
+        cut: set[tuple[int, int]] | None = None,
     ) -> list[Transmit]:
         """Deliver everything pending (and what it triggers) at time `now`; messages to or from
         hosts in `drop`, and to addresses for which `lost` holds, are lost. Returns every
-        transmit seen, in order (`log` gets sender, receiver and type of each)."""
+        transmit seen, in order (`log` gets sender, receiver and type of each). `cut`: pairs of
+        hosts that cannot reach each other (both ways) while others reach both."""
         seen: list[Transmit] = []
         for _ in range(rounds):
             batch = [(i, tx) for i, c in self.cores.items() for tx in c.datagrams_to_send()]
@@ -87,6 +89,8 @@ class Lab:
                 if j is None or (drop and (i in drop or j in drop)):
                     continue
                 if lost is not None and lost(tx.destination[0]):
+                    continue
+                if cut and ((i, j) in cut or (j, i) in cut):
                     continue
                 source = self.source_of(i, tx.channel, tx.destination[0])
                 self.cores[j].receive(tx.data, source, now, tx.channel)

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from meshd.core import membership as ms
 from meshd.core import wire
 from meshd.core.announce import AnnouncementVerifier
 from meshd.core.cert import issue_revocation
@@ -864,3 +865,54 @@ def test_a_node_that_finds_itself_at_a_seed_address_never_joins_it() -> None:
         lab.deliver(NOW + k / 2)
     assert a.members() == [] and a.stats["merge_joins"] == 0
     assert a.stats["mesh_checks"] == 1  # one check showed the address is ours
+
+
+def test_a_pair_that_talks_only_through_others_is_degraded_on_both_sides_and_restored() -> None:
+    lab = Lab(3)
+    cores = lab.converged(3)
+    cut = {(0, 1)}
+    t = NOW
+    degraded: dict[int, list[ms.Event]] = {0: [], 1: [], 2: []}
+
+    def run(until: float, cut: set[tuple[int, int]] | None) -> None:
+        nonlocal t
+        while t < until:
+            t += 0.05
+            for c in cores:
+                if c.get_timer() <= t:
+                    c.handle_timer(t)
+            lab.deliver(t, cut=cut)
+            for i, c in enumerate(cores):
+                degraded[i] += [
+                    e for e in c.events() if isinstance(e, ms.PairDegraded | ms.PairRestored)
+                ]
+
+    run(NOW + 30, cut)
+    # Both sides of the cut pair know it; nobody is suspected or dead (the third node relays).
+    assert [type(e) for e in degraded[0]] == [ms.PairDegraded]
+    assert [type(e) for e in degraded[1]] == [ms.PairDegraded]
+    assert degraded[0][0].node_id == lab.host(1).node_id  # type: ignore[union-attr]
+    assert degraded[2] == []
+    assert set(cores[0].degraded()) == {lab.host(1).node_id}
+    assert set(cores[2].degraded()) == set()
+    assert all(m.state is MemberState.ALIVE for c in cores for m in c.members())
+    # Found within the failure detection time: a cycle for the first failure, a tick more.
+    cycle = 2 * cores[0].config.cycle_interval
+    assert cores[0].degraded()[lab.host(1).node_id] < NOW + cycle + 1
+    run(t + 3, None)  # the cut is lifted
+    assert [type(e) for e in degraded[0]] == [ms.PairDegraded, ms.PairRestored]
+    assert [type(e) for e in degraded[1]] == [ms.PairDegraded, ms.PairRestored]
+    assert cores[0].degraded() == {} and cores[1].degraded() == {}
+
+
+def test_a_healthy_mesh_has_no_degraded_pair() -> None:
+    lab = Lab(4)
+    cores = lab.converged(4)
+    t = NOW
+    while t < NOW + 60:
+        t += 0.05
+        for c in cores:
+            if c.get_timer() <= t:
+                c.handle_timer(t)
+        lab.deliver(t)
+    assert all(c.degraded() == {} and c.stats["probes_relayed_only"] == 0 for c in cores)
