@@ -30,6 +30,13 @@ nat_move_resume_s     one node moves behind a NAT router (nftables masquerade, N
                       announced endpoints are unreachable now: peers must keep the address
                       WireGuard learnt from its packets. It moves back onto the LAN after
                       each run (two nodes behind two NATs cannot reach each other).
+pair_cut_detected_s   nftables drops everything between two nodes only (both still reach the
+                      others): time until both report the pair degraded (issue 27).
+pair_repaired_s       the same cut lifted: time until the two ping each other both ways.
+nat_peer_after_move_s two nodes sit behind NAT routers of their own; a public node restarts and
+                      its addresses change 0.5 s after its process starts: time from its start
+                      until both NATed nodes ping it (they cannot be reached first, so they must
+                      learn its new address).
 split_merge_s         every node is stopped and its state wiped; all N start at once with the
                       same configuration, whose only seed is a DNS name with two addresses
                       (node 0 and node N/2, which list the name too): time from the start
@@ -39,8 +46,9 @@ split_merge_s         every node is stopped and its state wiped; all N start at 
                       (the start of N Python daemons on two cores takes seconds of CPU).
 bridge_merge_s        the same fresh start, but the two halves cannot reach each other
                       (nftables), so each forms a mesh around the seed it reaches; once both
-                      are whole the cut is removed: time until every node sees every other
-                      alive with a handshake (one mesh, no restart).
+                      are whole and every node has checked the unreachable seed 4 times (the
+                      start-up's join retries are over) the cut is removed: time until every
+                      node sees every other alive with a handshake (one mesh, no restart).
 idle_mix_per_node_s   what the first 5 non-seed hosts send in the same window, by kind: packets
                       and bytes (IP layer) per node per second of WireGuard data (probes,
                       gossip), WireGuard keepalives and handshakes, neighbour discovery, ARP,
@@ -198,6 +206,8 @@ class FaultBench:
         self.done_at: dict[str, float] = {}
         """Per node, the seconds of the last measure (`slowest`)."""
         self.after_up: list[float] = []
+        self.repaired: list[float] = []
+        """pair_repaired_s of each pair_cut run."""
         """split_merge_s counted from when the last node's API answered."""
 
     def slowest(self) -> str:
@@ -327,6 +337,56 @@ class FaultBench:
         await self.mesh.wait_full_mesh(self.nodes, within=60)
         return took
 
+    async def pair_cut(self, a: MeshdNode, b: MeshdNode) -> float:
+        cut = await self.faults.cut([a.host], [b.host])
+        t0 = time.monotonic()
+
+        async def degraded(n: MeshdNode) -> bool:
+            other = b if n is a else a
+            status = await n.status()
+            peers = {p["name"]: p for p in (status or {}).get("peers", [])}
+            return peers.get(other.name, {}).get("degraded_for_s") is not None
+
+        took = await until_all([a, b], degraded, t0, 60, "the cut pair degraded", self.done_at)
+        await self.faults.restore(cut)
+        t1 = time.monotonic()
+
+        async def pings(n: MeshdNode) -> bool:
+            return await fast_ping(n.host, (b if n is a else a).overlay_v6)
+
+        self.repaired.append(await until_all([a, b], pings, t1, 60, "the cut pair pings"))
+
+        async def healthy(n: MeshdNode) -> bool:
+            return not await degraded(n)
+
+        await until_all([a, b], healthy, time.monotonic(), 60, "the pair no longer degraded")
+        return took
+
+    async def nat_peer_after_move(self, mover: MeshdNode, natted: list[MeshdNode]) -> float:
+        for n in natted:
+            await self.lab.move_behind_nat(n.host.index)
+        public = [n for n in self.nodes if n not in natted]
+
+        async def reaches_public(n: MeshdNode) -> bool:
+            return all([await fast_ping(n.host, p.overlay_v6) for p in public if p is not n])
+
+        await until_all(natted, reaches_public, time.monotonic(), 60, "NATed nodes reach all")
+        await self.mesh.stop(mover)
+        t0 = time.monotonic()
+        await self.mesh.start(mover)
+        await asyncio.sleep(0.5)  # the fault's timing (issue 27), not a wait for a condition
+        v6, v4 = self._new_addresses()
+        await mover.host.set_underlay(v6=v6, v4=v4)
+
+        async def reaches(n: MeshdNode) -> bool:
+            return await fast_ping(n.host, mover.overlay_v6)
+
+        took = await until_all(natted, reaches, t0, 60, "NATed peers ping the moved node")
+        for n in natted:  # back onto the LAN (not measured)
+            await self.lab.leave_nat(n.host.index)
+        await self.mesh.wait_full_mesh(self.nodes, within=60)
+        return took
+
     async def fresh_start(self, dns: LabDns) -> None:
         """Stop every node, wipe its state (as a new install) and give all the same config:
         one seed name for node 0 and node N/2."""
@@ -364,6 +424,13 @@ class FaultBench:
         await self.start_all()
         await self.mesh.wait_full_mesh(a, within=120)
         await self.mesh.wait_full_mesh(b, within=120)
+
+        # Held until the start-up's join requests (5, 1 s apart) are over, so that only looking
+        # across can merge the halves: every node has checked the seed it cannot reach 4 times.
+        async def looked_across(n: MeshdNode) -> bool:
+            return await metric(n, "meshd_mesh_checks_total") >= 4
+
+        await until_all(self.nodes, looked_across, time.monotonic(), 60, "looked across 4 times")
         await self.faults.restore(cut)
         t0 = time.monotonic()
         await self.mesh.wait_full_mesh(self.nodes, within=120)
@@ -384,6 +451,18 @@ class FaultBench:
         t0 = time.monotonic()
         await self.mesh.wait_full_mesh(self.nodes, within=120)
         return time.monotonic() - t0
+
+
+async def metric(node: MeshdNode, name: str) -> float:
+    """One unlabelled metric of a node (0 when it does not answer)."""
+    try:
+        text = await node.client.metrics()
+    except Exception:
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def save_logs(nodes: list[MeshdNode], directory: Path) -> None:
@@ -425,6 +504,14 @@ async def run(
             # Victims and movers rotate through the non-seed nodes.
             pick = [members[1 + r % (nodes - 1)] for r in range(repeat)]
 
+            def pair_peer(r: int) -> MeshdNode:
+                """Another non-seed node than pick[r]."""
+                return members[1 + (r + 1) % (nodes - 1)]
+
+            def nat_pair(r: int) -> list[MeshdNode]:
+                """Two non-seed nodes other than pick[r]."""
+                return [members[1 + (r + k) % (nodes - 1)] for k in (1, 2)]
+
             async def by_name(r: int) -> float:
                 new = mesh.add_node(spare.index, seeds=[], name=f"byname{r}")
                 new.seeds = [f"seed.lab:{MESHD_PORT}"]
@@ -438,6 +525,11 @@ async def run(
                 ("dns_change_resume_s", by_name),
                 ("partition_heal_s", lambda r: bench.partition()),
                 ("nat_move_resume_s", lambda r: bench.nat_move(pick[r])),
+                ("pair_cut_detected_s", lambda r: bench.pair_cut(pick[r], pair_peer(r))),
+                (
+                    "nat_peer_after_move_s",
+                    lambda r: bench.nat_peer_after_move(pick[r], nat_pair(r)),
+                ),
                 # Last: they restart every node from a wiped state.
                 ("split_merge_s", lambda r: bench.split_merge(dns)),
                 ("bridge_merge_s", lambda r: bench.bridge_merge(dns)),
@@ -466,6 +558,8 @@ async def run(
                                                  for r in range(repeat)])  # fmt: skip
                         if key == "leave_removed_all_s":
                             figures |= summary("leave_all_s", bench.leave_seen)
+                        if key == "pair_cut_detected_s":
+                            figures |= summary("pair_repaired_s", bench.repaired)
                         if key == "split_merge_s":
                             figures |= summary("split_merge_after_up_s", bench.after_up)
                     except TimeoutError as exc:
