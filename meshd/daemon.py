@@ -343,14 +343,18 @@ class Daemon:
             member = self.core.member(node_id)
             if member is None:
                 continue
-            choice = self._endpoint_choice.get(node_id)
-            if step is RepairStep.NEXT_ENDPOINT and choice is not None:
-                choice.next_endpoint(now)
             repair = self.pair_repairs.get(node_id)
             log.info(
                 "pair with %s: %s (attempt %d)",
                 member.ann.name, step.value, repair.attempts if repair else 0,
             )  # fmt: skip
+            if step is RepairStep.ASK_TO_INITIATE:
+                self.core.ask_to_initiate(node_id, now)
+                self._after_core()
+                continue
+            choice = self._endpoint_choice.get(node_id)
+            if step is RepairStep.NEXT_ENDPOINT and choice is not None:
+                choice.next_endpoint(now)
             restart.add(member.ann.wg_key_at(now))
         if restart:
             self._update_desired()  # with the endpoint chosen above
@@ -676,6 +680,12 @@ class Daemon:
             return False
         elif isinstance(event, ms.PairRestored):
             log.info("pair with %s works directly again", self._member_name(event.node_id))
+            return False
+        elif isinstance(event, ms.HandshakeWanted):
+            member = self.core.member(event.node_id) if self.core else None
+            if member is not None and self.reconciler is not None:
+                log.info("%s asks for a handshake; re-creating its peer", member.ann.name)
+                self.reconciler.restart_handshakes({member.ann.wg_key_at(self.clock())})
             return False
         elif isinstance(event, ms.PeerSuspected):
             member = self.core.member(event.node_id) if self.core else None

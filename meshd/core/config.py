@@ -58,6 +58,11 @@ class MembershipConfig:
     """A degraded pair is probed again this often (besides its turn in the cycle), so its repair
     is noticed within seconds. Default 2 s: a few probes per broken pair, none for a healthy one."""
 
+    initiate_min_interval: float = 5.0
+    """A member's request (through another member) that we start a WireGuard handshake towards
+    it is honoured at most this often (`HandshakeWanted`). Default 5 s: WireGuard's own retry
+    interval (REKEY_TIMEOUT); more often would only make wireguard-go drop initiations."""
+
     indirect_checks: int = 3
     """k of SWIM section 3.1: members asked to probe on our behalf. Default 3 (memberlist):
     a false suspicion then needs all three relays to fail as well."""

@@ -213,6 +213,16 @@ class PairRestored:
 
 
 @dataclass(frozen=True)
+class HandshakeWanted:
+    """A member asks us, through another member, to start a WireGuard handshake towards it:
+    our pair with it is degraded on its side, and we may be the one behind a NAT. The daemon
+    re-creates that WireGuard peer (at most once per `initiate_min_interval` per member)."""
+
+    node_id: bytes
+    """The member to initiate towards."""
+
+
+@dataclass(frozen=True)
 class RevocationAdded:
     """A new CA-signed revocation was accepted; certificates it names are refused from now."""
 
@@ -241,6 +251,7 @@ Event = (
     | PeerLeft
     | PairDegraded
     | PairRestored
+    | HandshakeWanted
     | RevocationAdded
     | MessageRejected
 )
@@ -447,6 +458,10 @@ class MeshNode:
         self._relayed_only: dict[bytes, tuple[int, float]] = {}
         """Live member -> (probes in a row answered only through relays, since when)."""
         self._degraded: dict[bytes, float] = {}
+        self._initiate_after: dict[bytes, float] = {}
+        """Member -> before when we do not initiate towards it again on its request."""
+        self._answered_directly: dict[bytes, float] = {}
+        """Member -> when it last answered one of our probes itself (a round trip works)."""
         """Members whose pair with us is degraded (`PairDegraded`) -> since when."""
         self._recheck: list[tuple[float, bytes]] = []
         """(when, member): probe it again then, ahead of the evidence order (a pair whose
@@ -1057,6 +1072,8 @@ class MeshNode:
                 p.nacks += 1
         elif isinstance(msg, wire.StateCheck):
             self._check_state(msg.state_hash, sender)
+        elif isinstance(msg, wire.Initiate):
+            self._on_initiate(msg, sender, now)
         elif isinstance(msg, wire.PushPullRequest):
             self._on_push_pull_request(msg, sender, now)
         elif isinstance(msg, wire.PushPullReply):
@@ -1481,6 +1498,7 @@ class MeshNode:
         is known within about the failure detection time."""
         cfg = self.config
         if direct:
+            self._answered_directly[node_id] = now
             self._relayed_only.pop(node_id, None)
             if self._degraded.pop(node_id, None) is not None:
                 self._events.append(PairRestored(node_id))
@@ -1496,8 +1514,56 @@ class MeshNode:
         delay = cfg.degraded_recheck if node_id in self._degraded else cfg.probe_interval
         heapq.heappush(self._recheck, (now + delay, node_id))
 
+    def ask_to_initiate(self, node_id: bytes, now: float) -> bool:
+        """Ask a degraded member, through another live member, to start a WireGuard handshake
+        towards us (repair step, meshd.core.pairrepair). False when no other member is live
+        to carry it or the member is not live."""
+        if node_id not in self._live_pos:
+            return False
+        relays = self._random_live(1, {node_id})
+        if not relays:
+            return False
+        self.stats["initiate_requests"] += 1
+        relay = self._members[relays[0]]
+        self._send(relay.address, wire.encode(wire.Initiate(node_id, True)), Channel.OVERLAY)
+        return True
+
+    def _on_initiate(self, msg: wire.Initiate, sender: bytes, now: float) -> None:
+        """As the relay (`forward`): pass the request on, naming the sender WireGuard
+        authenticated, at most once per probe interval per pair; so a member can only ever
+        get others to handshake with itself. As the target: ask the daemon to initiate, at
+        most once per `initiate_min_interval` per member."""
+        if msg.forward:
+            target = self._members.get(msg.subject)
+            if target is None or target.state not in _LIVE or msg.subject == sender:
+                self.stats["initiate_dropped"] += 1
+                return
+            if self._first_telling(target.address[0], sender, now):
+                self._send(target.address, wire.encode(wire.Initiate(sender, False)),
+                           Channel.OVERLAY)  # fmt: skip
+            return
+        if msg.subject not in self._live_pos or msg.subject == self.node_id:
+            self.stats["initiate_dropped"] += 1
+            return
+        # The request is unsigned and names a pair the relay is not in: honour it only when our
+        # side shows the pair broken too (no direct answer from it for two probe cycles, the
+        # longest a healthy pair goes without one, since the pair takes turns). So a member
+        # cannot make us restart a pair that works (a re-created peer drops its session).
+        answered = self._answered_directly.get(msg.subject, -math.inf)
+        if now - answered < 2 * self._probe_cycle() + self.config.probe_interval:
+            self.stats["initiate_dropped"] += 1
+            return
+        if self._initiate_after.get(msg.subject, -math.inf) > now:
+            self.stats["initiate_dropped"] += 1
+            return
+        if len(self._initiate_after) > 4096:
+            self._initiate_after = {k: t for k, t in self._initiate_after.items() if t > now}
+        self._initiate_after[msg.subject] = now + self.config.initiate_min_interval
+        self._events.append(HandshakeWanted(msg.subject))
+
     def _forget_pair(self, node_id: bytes) -> None:
         """A member that is no longer live has no pair health (dead is not degraded)."""
+        self._answered_directly.pop(node_id, None)
         self._relayed_only.pop(node_id, None)
         self._degraded.pop(node_id, None)
 

@@ -10,12 +10,14 @@ the two can talk. The steps, escalating and repeated with a delay that doubles f
    sending to where we no longer are.
 2. re-create the member's WireGuard peer with its best announced endpoint: a fresh peer drops a
    stale endpoint and session and initiates a handshake at once;
-3. move on to its next announced endpoint (each attempt after the first alternates 2 and 3),
-   so every announced endpoint is tried in turn, not only the first.
+3. ask the member, through another member both reach (`wire.Initiate`), to re-create its peer
+   of us and so initiate towards us: the side behind a NAT cannot be reached first and must be
+   the one that starts;
+4. move on to its next announced endpoint, so every announced endpoint is tried in turn, not
+   only the first. Then 2 again.
 
-Not done yet (issue 27): asking the member through one both reach to initiate towards us (the
-side behind a NAT must start), and relaying the pair through a member (issue 24). Until then
-a pair that stays degraded stays visibly degraded.
+Not done yet: relaying the pair through a member (issue 24). Until then a pair that stays
+degraded (two nodes behind two NATs) stays visibly degraded.
 """
 
 from __future__ import annotations
@@ -34,7 +36,11 @@ MAX_DELAY_S = 60.0
 
 class RepairStep(enum.StrEnum):
     RECREATE = "re-creating the WireGuard peer"
+    ASK_TO_INITIATE = "asking it through another member to start a handshake"
     NEXT_ENDPOINT = "trying its next announced endpoint"
+
+
+_STEPS = (RepairStep.RECREATE, RepairStep.ASK_TO_INITIATE, RepairStep.NEXT_ENDPOINT)
 
 
 @dataclass(slots=True)
@@ -68,9 +74,7 @@ class PairRepairs:
             repair = self._repairs.setdefault(node_id, Repair(since, next_at=now))
             if now < repair.next_at:
                 continue
-            repair.step = (
-                RepairStep.RECREATE if repair.attempts % 2 == 0 else RepairStep.NEXT_ENDPOINT
-            )
+            repair.step = _STEPS[repair.attempts % len(_STEPS)]
             repair.attempts += 1
             repair.next_at = now + min(MAX_DELAY_S, FIRST_DELAY_S * 2 ** (repair.attempts - 1))
             due.append((node_id, repair.step))

@@ -234,6 +234,7 @@ class MessageType(enum.IntEnum):
     STATE_CHECK = 10
     MESH_CHECK = 11
     MESH_CHECK_REPLY = 12
+    INITIATE = 13
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +317,26 @@ class MeshCheckReply:
 
     def fields(self) -> tuple[Any, ...]:
         return (self.nonce, self.node_id, self.state_hash, self.members)
+
+
+@dataclass(frozen=True, slots=True)
+class Initiate:
+    """Overlay: "have `subject` start a WireGuard handshake towards me", for a degraded pair
+    (meshd.core.pairrepair): the side behind a NAT cannot be reached first and must initiate.
+    The requester sends it to a member both reach with `forward` set and the other node as
+    `subject`; that member sends it on to the other node with `forward` clear and the
+    requester, as WireGuard authenticated it, as `subject`."""
+
+    TYPE: ClassVar[MessageType] = MessageType.INITIATE
+    CHANNELS: ClassVar[frozenset[Channel]] = frozenset({Channel.OVERLAY})
+
+    subject: bytes
+    """Identity key: the node to ask (forward) or the node to initiate towards (not forward)."""
+    forward: bool
+    """True from the requester to the relay; False from the relay to the node that acts."""
+
+    def fields(self) -> tuple[Any, ...]:
+        return (self.subject, self.forward)
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,6 +491,7 @@ Message = (
     | StateCheck
     | MeshCheck
     | MeshCheckReply
+    | Initiate
 )
 
 
@@ -559,6 +581,11 @@ def _from_fields(kind: int, f: tuple[Any, ...]) -> Message:
             enc.expect_bytes(f[2], "state hash", STATE_HASH_LEN),
             enc.expect_int(f[3], "members", 0, MAX_SEQ),
         )
+    if kind == MessageType.INITIATE:
+        n(2)
+        if not isinstance(f[1], bool):
+            raise RemoteProtocolError(Reject.MALFORMED, "initiate: forward is not a boolean")
+        return Initiate(_node_id(f[0], "subject"), f[1])
     raise RemoteProtocolError(Reject.UNKNOWN_TYPE, f"message type {kind}")
 
 

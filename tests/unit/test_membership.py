@@ -916,3 +916,50 @@ def test_a_healthy_mesh_has_no_degraded_pair() -> None:
                 c.handle_timer(t)
         lab.deliver(t)
     assert all(c.degraded() == {} and c.stats["probes_relayed_only"] == 0 for c in cores)
+
+
+def test_a_degraded_pair_asks_the_other_side_through_a_member_to_initiate() -> None:
+    lab = Lab(3)
+    a, b, relay = lab.converged(3)
+    b_id, a_id = lab.host(1).node_id, lab.host(0).node_id
+    assert a.ask_to_initiate(b_id, NOW)
+    sent = lab.deliver(NOW, cut={(0, 1)})
+    assert [(lab.index_of(t.destination[0]), wire.decode(t.data, t.channel)) for t in sent] == [
+        (2, wire.Initiate(b_id, True)),  # a -> the relay: "ask b"
+        (1, wire.Initiate(a_id, False)),  # the relay -> b: "initiate towards a"
+    ]
+    assert b.events() == [ms.HandshakeWanted(a_id)]
+    # Honoured once per initiate_min_interval; the relay passes one per probe interval.
+    a.ask_to_initiate(b_id, NOW + 0.01)
+    lab.deliver(NOW + 0.01, cut={(0, 1)})
+    assert b.events() == []
+    later = NOW + b.config.initiate_min_interval + 0.01
+    a.ask_to_initiate(b_id, later)
+    lab.deliver(later, cut={(0, 1)})
+    assert b.events() == [ms.HandshakeWanted(a_id)]
+    assert relay.events() == []
+
+
+def test_a_member_can_only_have_others_initiate_towards_itself() -> None:
+    lab = Lab(3)
+    a, b, relay = lab.converged(3)
+    src = lab.source_of(0, Channel.OVERLAY)
+    # a asks the relay to ask b; the relay names a, whatever a claims.
+    relay.receive(wire.encode(wire.Initiate(lab.host(1).node_id, True)), src, NOW)
+    forwarded = [wire.decode(t.data, t.channel) for t in relay.datagrams_to_send()]
+    assert forwarded == [wire.Initiate(lab.host(0).node_id, False)]
+    # a claims to relay for b itself: nonsense, dropped.
+    b.receive(wire.encode(wire.Initiate(lab.host(1).node_id, False)), src, NOW)
+    # a claims to relay for the relay, whose pair with b works (b's probe was just answered
+    # directly): dropped, a cannot make b restart a working pair.
+    t = NOW
+    while lab.host(2).node_id not in b._answered_directly and t < NOW + 30:
+        t += 0.05
+        for c in (a, b, relay):
+            if c.get_timer() <= t:
+                c.handle_timer(t)
+        lab.deliver(t)
+    assert lab.host(2).node_id in b._answered_directly
+    b.receive(wire.encode(wire.Initiate(lab.host(2).node_id, False)), src, t)
+    assert [e for e in b.events() if isinstance(e, ms.HandshakeWanted)] == []
+    assert b.stats["initiate_dropped"] == 2

@@ -19,8 +19,8 @@ def test_steps_alternate_with_a_doubling_delay_and_stop_when_the_pair_is_restore
             taken.append((t, step))
         t += 0.5
     assert [s for _, s in taken[:4]] == [
-        RepairStep.RECREATE, RepairStep.NEXT_ENDPOINT, RepairStep.RECREATE,
-        RepairStep.NEXT_ENDPOINT,
+        RepairStep.RECREATE, RepairStep.ASK_TO_INITIATE, RepairStep.NEXT_ENDPOINT,
+        RepairStep.RECREATE,
     ]  # fmt: skip
     gaps = [b[0] - a[0] for a, b in itertools.pairwise(taken)]
     assert gaps[:5] == [2.0, 4.0, 8.0, 16.0, 32.0]
@@ -36,5 +36,5 @@ def test_each_pair_has_its_own_schedule() -> None:
     repairs = PairRepairs()
     assert repairs.plan({A: 1.0}, 10.0) == [(A, RepairStep.RECREATE)]
     assert repairs.plan({A: 1.0, B: 10.5}, 11.0) == [(B, RepairStep.RECREATE)]
-    assert repairs.plan({A: 1.0, B: 10.5}, 12.0) == [(A, RepairStep.NEXT_ENDPOINT)]
+    assert repairs.plan({A: 1.0, B: 10.5}, 12.0) == [(A, RepairStep.ASK_TO_INITIATE)]
     assert repairs.next_deadline() == 13.0

@@ -39,6 +39,7 @@ messages = st.one_of(
     st.builds(wire.Gossip, item_lists),
     st.builds(wire.StateCheck, st.binary(min_size=16, max_size=16)),
     st.builds(wire.MeshCheck, st.binary(min_size=8, max_size=8), st.binary(min_size=8, max_size=8)),
+    st.builds(wire.Initiate, ids, st.booleans()),
     st.builds(wire.MeshCheckReply, st.binary(min_size=8, max_size=8), ids,
               st.binary(min_size=16, max_size=16), seqs),
     st.builds(wire.PushPullRequest, st.binary(min_size=16, max_size=16), digests),
