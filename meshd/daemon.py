@@ -638,6 +638,15 @@ class Daemon:
             log.warning("peer %s declared dead", event.announcement.name)
         elif isinstance(event, ms.PeerLeft):
             log.info("peer %s left", event.announcement.name)
+        elif isinstance(event, ms.ClaimsIgnored):
+            member = self.core.member(event.node_id) if self.core else None
+            log.warning(
+                "peer %s: its suspect/dead claims were refuted again and again; ignoring its "
+                "claims for %.0f s",
+                member.ann.name if member else key_id(event.node_id),
+                event.until - self.clock(),
+            )
+            return False
         elif isinstance(event, ms.RevocationAdded):
             rev = event.revocation
             self._revoked_serials.add((rev.ca_key, rev.serial))

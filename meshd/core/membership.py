@@ -71,6 +71,11 @@ Trust: only join messages are accepted from the underlay, and their content is s
 the tunnel WireGuard authenticates the source address, so unsigned content (acks, nacks,
 suspect/dead claims, ping-reqs, digests) is only believed from a known member's overlay
 address; announcements and revocations are accepted from anyone since they verify themselves.
+A claim names its maker, but only the member that sent it is authenticated: a claim counts as a
+Lifeguard confirmation, or declares a node dead at once, only first-hand (its maker sent it to
+us); a relayed dead claim only suspects, with the relaying member's vote. Claims are
+rate-limited per member, and a member whose claims are refuted soon after, again and again, is
+ignored for a while (`claimguard.py`, issue #22).
 Every check (size, structure, signature, certificate, revocation, version) runs before any
 state changes; a refused message becomes a `MessageRejected` event and a counter, never an
 exception.
@@ -104,6 +109,7 @@ from meshd.core.cert import (
     check_revocation,
     decode_revocation,
 )
+from meshd.core.claimguard import ClaimGuard
 from meshd.core.config import MembershipConfig
 from meshd.core.errors import LocalProtocolError, Reject, RemoteProtocolError
 from meshd.core.identity import SigningKey
@@ -213,6 +219,18 @@ class MessageRejected:
     """Human-readable detail for the log; not part of equality so tests compare reasons."""
 
 
+@dataclass(frozen=True)
+class ClaimsIgnored:
+    """A member's suspect/dead claims were refuted too often: they are ignored for a while
+    (`claimguard.py`). Log it: a member that keeps declaring live nodes dead is broken or
+    hostile."""
+
+    node_id: bytes
+    """Identity key of the member whose claims are ignored."""
+    until: float
+    """Until when (the `now` timescale)."""
+
+
 Event = (
     PeerJoined
     | PeerUpdated
@@ -222,6 +240,7 @@ Event = (
     | PeerLeft
     | RevocationAdded
     | MessageRejected
+    | ClaimsIgnored
 )
 
 
@@ -253,7 +272,8 @@ def ipv4_overlay(addresses: tuple[str, ...]) -> str | None:
 class Member:
     """What this node knows about one other node."""
 
-    __slots__ = ("ann", "expires", "hellos", "live_since", "overlay", "state", "suspicion")
+    __slots__ = ("ann", "claims", "expires", "hellos", "live_since", "overlay", "state",
+                 "suspicion")  # fmt: skip
 
     def __init__(self, ann: Announcement, state: MemberState) -> None:
         self.ann = ann
@@ -268,6 +288,9 @@ class Member:
         """Tombstone expiry (DEAD/LEFT)."""
         self.live_since = -math.inf
         """When it last became live (joined or came back from dead)."""
+        self.claims: dict[bytes, tuple[float, bool]] = {}
+        """First-hand claimants about its current version -> (when, a dead claim): struck if
+        it refutes soon after (`claimguard.py`)."""
 
     @property
     def address(self) -> Address:
@@ -465,11 +488,20 @@ class MeshNode:
         self._bootstrap_from: set[bytes] = set()
         self._left = False
         self._underlay_refute_after = -math.inf
+        self._claim_refute_after = -math.inf
         self._reconnect_all_after = -math.inf
         self._told: dict[tuple[str, bytes], float] = {}
         """(destination, subject) -> until when we do not tell that destination about that
         subject again: corrections and forwarded claims, at most one per probe interval."""
         self._last_reject: Reject | None = None
+        self._claims = ClaimGuard(
+            rate=config.claim_rate,
+            burst=config.claim_burst,
+            limit=config.claim_strikes,
+            window=config.claim_strike_window,
+            ignore_for=config.claim_ignore_for,
+            refute_window=config.claim_refute_window,
+        )
         self._next_cert_expiry = math.inf
         """Earliest certificate expiry among live members (Unix s), or later."""
 
@@ -802,6 +834,7 @@ class MeshNode:
                 self._by_overlay[address] = ann.node_id
             m.overlay, m.hellos = ann.cert.addresses[0], 0
         m.ann = ann
+        m.claims = {}
         self._next_cert_expiry = min(self._next_cert_expiry, ann.cert.not_after)
 
     def _drop_expired(self, now: float) -> None:
@@ -1043,9 +1076,9 @@ class MeshNode:
             elif sender is None:
                 unsigned_refused = True
             elif isinstance(item, SuspectItem):
-                self._on_suspect(item.node_id, item.version, item.sender, now, source)
+                self._on_suspect(item.node_id, item.version, item.sender, now, source, sender)
             else:
-                self._on_dead(item.node_id, item.version, item.sender, now, source)
+                self._on_dead(item.node_id, item.version, item.sender, now, source, sender)
         if unsigned_refused:
             self._reject(Reject.UNKNOWN_SENDER, source, "unsigned claims from a non-member")
 
@@ -1095,6 +1128,8 @@ class MeshNode:
             return False
         else:
             previous, old_state = m.ann, m.state
+            if m.claims and not leaving:
+                self._strike_claimants(m, now)
             self._set_ann(m, ann)
             if leaving:
                 if old_state in _LIVE:
@@ -1126,14 +1161,60 @@ class MeshNode:
         if self._joins_heard == 2:
             self._next_push_pull = min(self._next_push_pull, now + self.config.join_check_after)
 
+    # Claims (issue #22, finding 5). A suspect or dead claim names its maker (`sender`), but
+    # only the member whose overlay address sent the datagram (`via`) is authenticated, by
+    # WireGuard. So: a claim is first-hand when its sender is `via` (or we made it: `via` None);
+    # a Lifeguard confirmation counts only first-hand, once per member; a dead claim declares a
+    # node dead at once only first-hand, and otherwise only suspects it, with the relaying
+    # member's vote (it holds the node dead: it relays a dead claim only after applying it).
+    # Every member's claims are rate-limited, and a member whose first-hand claims are refuted
+    # soon after, again and again, is ignored for a while (`claimguard.py`). One member can
+    # therefore add one confirmation at most to any suspicion and declare a node dead once;
+    # gossip of a real failure still spreads from member to member as in SWIM.
+
+    def _claim_allowed(self, via: bytes | None, source: Address, now: float) -> bool:
+        if via is None:
+            return True
+        if self._claims.ignored(via, now):
+            self.stats["claims_ignored"] += 1
+            return False
+        if not self._claims.allow(via, now):
+            self._reject(Reject.RATE_LIMITED, source, "suspect/dead claims above the rate")
+            return False
+        return True
+
+    def _strike(self, claimant: bytes, claimed_at: float, dead: bool, now: float) -> None:
+        weight = self._claims.limit if dead else 1
+        self.stats["claim_strikes"] += 1
+        if self._claims.strike(claimant, now, claimed_at, weight):
+            self.stats["claimants_ignored"] += 1
+            self._events.append(ClaimsIgnored(claimant, now + self._claims.ignore_for))
+
+    def _strike_claimants(self, m: Member, now: float) -> None:
+        """`m` signed a higher version while first-hand claims about the old one stood: each
+        claimant whose claim came within `claim_refute_window` gets a strike."""
+        for claimant, (claimed_at, dead) in m.claims.items():
+            self._strike(claimant, claimed_at, dead, now)
+        m.claims = {}
+
     def _claimed_member(
-        self, kind: str, node_id: bytes, version: int, now: float, source: Address
-    ) -> Member | None:
+        self, kind: str, node_id: bytes, version: int, claimer: bytes, via: bytes | None,
+        now: float, source: Address,
+    ) -> Member | None:  # fmt: skip
         """The member an unsigned `kind` (suspect/dead) claim is about, or None when the claim
         is handled already: about us (refuted, or corrected when stale), about a node we do not
         know, or about an older version than we hold (the sender gets the current one)."""
         if node_id == self.node_id:
             if version == self._me.version and not self._left:
+                if via is not None and claimer == via:
+                    self._strike(via, now, kind == "dead", now)  # we know it is false
+                if now < self._claim_refute_after:
+                    # Refuted a moment ago, and the claimer has our new version already: it
+                    # suspects us again, probes us and tells us again (buddy system) after
+                    # this. Bounds the re-signing (and its gossip) one member can cause.
+                    self.stats["refutations_deferred"] += 1
+                    return None
+                self._claim_refute_after = now + self.config.probe_interval
                 self._refute(version, now, declared_dead=kind == "dead")
             elif version < self._me.version:
                 self._correct(source, self._me, now)
@@ -1153,21 +1234,34 @@ class MeshNode:
         return m
 
     def _on_suspect(
-        self, node_id: bytes, version: int, sender: bytes, now: float, source: Address = ("", 0)
-    ) -> None:
-        m = self._claimed_member("suspect", node_id, version, now, source)
+        self, node_id: bytes, version: int, sender: bytes, now: float,
+        source: Address = ("", 0), via: bytes | None = None,
+    ) -> None:  # fmt: skip
+        """A suspect claim made by `sender`, received from member `via` (None: our own)."""
+        if node_id != self.node_id and not self._claim_allowed(via, source, now):
+            return  # claims about us are always heard: refuting one is safe
+        m = self._claimed_member("suspect", node_id, version, sender, via, now, source)
         if m is None:
             return
+        first_hand = via is None or sender == via
+        if via is not None and first_hand and m.state in _LIVE:
+            m.claims.setdefault(via, (now, False))
         if m.state is MemberState.SUSPECT and m.suspicion is not None:
-            if m.suspicion.confirm(sender):
+            if first_hand and m.suspicion.confirm(sender):
                 heapq.heappush(self._suspect_heap, (m.suspicion.deadline, node_id))
-                self._broadcast(node_id, SuspectItem(node_id, version, sender), eager=False)
+                # Our own confirmation goes out at once: only first-hand copies count.
+                self._broadcast(node_id, SuspectItem(node_id, version, sender),
+                                eager=sender == self.node_id)  # fmt: skip
             else:
                 self.stats["duplicates"] += 1
             return
         if m.state is not MemberState.ALIVE:
             self.stats["duplicates"] += 1
             return
+        self._start_suspicion(m, sender, now)
+
+    def _start_suspicion(self, m: Member, sender: bytes, now: float) -> None:
+        node_id = m.ann.node_id
         n = len(self._live) + 1
         lo, hi = self.config.suspicion_bounds(n)
         # memberlist: no confirmations can be expected when fewer than K others could send them
@@ -1191,14 +1285,28 @@ class MeshNode:
         self._broadcast(node_id, SuspectItem(node_id, m.version, sender))
 
     def _on_dead(
-        self, node_id: bytes, version: int, sender: bytes, now: float, source: Address = ("", 0)
-    ) -> None:
-        m = self._claimed_member("dead", node_id, version, now, source)
+        self, node_id: bytes, version: int, sender: bytes, now: float,
+        source: Address = ("", 0), via: bytes | None = None,
+    ) -> None:  # fmt: skip
+        """A dead claim made by `sender`, received from member `via` (None: our own timer)."""
+        if node_id != self.node_id and not self._claim_allowed(via, source, now):
+            return
+        m = self._claimed_member("dead", node_id, version, sender, via, now, source)
         if m is None:
             return
         if m.state not in _LIVE:
             self.stats["duplicates"] += 1
             return
+        if via is not None and sender != via:
+            # Hearsay: `via` holds the node dead on someone's word. A suspicion, with its vote.
+            self.stats["dead_claims_relayed"] += 1
+            if m.state is MemberState.ALIVE:
+                self._start_suspicion(m, sender, now)
+            if m.suspicion is not None and m.suspicion.confirm(via):
+                heapq.heappush(self._suspect_heap, (m.suspicion.deadline, node_id))
+            return
+        if via is not None:
+            m.claims[via] = (now, True)
         heard_lately = now - self._checked_at.get(node_id, -math.inf) < self._probe_cycle()
         self._make_dead(node_id, m, MemberState.DEAD, now)
         self._events.append(PeerDead(m.ann))
