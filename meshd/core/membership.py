@@ -371,12 +371,29 @@ def _revocation_term(ca_key: bytes, serial: int) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=16).digest(), "big")
 
 
+_LOW = (1 << 128) - 1
+
+
+def _both_halves(term: int) -> int:
+    return (term << 128) | term
+
+
 @functools.lru_cache(maxsize=4096)
-def _hash_term(node_id: bytes, version: int) -> int:
-    # Cached: every node of a simulated mesh loads the same (node, version) pairs. 4096
-    # entries cover a 1,000-node simulation and stay near 1 MB in a daemon.
-    h = hashlib.blake2b(node_id + version.to_bytes(8, "big"), digest_size=16).digest()
-    return int.from_bytes(h, "big")
+def _hash_term(node_id: bytes, version: int, raw: bytes) -> int:
+    """A live record's term of the state hash: high 128 bits hash the announcement's signed
+    bytes (content, D23), low 128 bits only (node, version), the hash of meshd before D23, kept
+    so that an older node's state check is still recognised as agreement. Cached: every node
+    of a simulated mesh loads the same announcements. 4096 entries cover a 1,000-node
+    simulation and stay near 2 MB in a daemon (the key holds the raw bytes)."""
+    v = hashlib.blake2b(node_id + version.to_bytes(8, "big"), digest_size=16).digest()
+    c = hashlib.blake2b(raw, digest_size=16, person=b"meshd-state").digest()
+    return (int.from_bytes(c, "big") << 128) | int.from_bytes(v, "big")
+
+
+def _rank(raw: bytes) -> bytes:
+    """Order of two announcements of one node with one version (an equivocation): the lower
+    wins everywhere, so the mesh converges on one of them."""
+    return hashlib.blake2b(raw, digest_size=16, person=b"meshd-equivoc").digest()
 
 
 class MeshNode:
@@ -518,7 +535,8 @@ class MeshNode:
             wg_public_key=wg_public_key, endpoints=endpoints, meshd_port=meshd_port,
             issued_at=int(now * 1000), prefixes=prefixes, psk_ids=psk_ids,
         )  # fmt: skip
-        self._hash ^= _hash_term(self.node_id, self._me.version) ^ revocation_hash
+        self._hash ^= _hash_term(self.node_id, self._me.version, self._me.raw)
+        self._hash ^= _both_halves(revocation_hash)
         # Bulk load (persisted peers, or a simulator's pre-converged mesh): the same steps as
         # `_add`, inlined because a 1,000-node simulation runs this a million times.
         members, by_overlay, live, live_pos = (self._members, self._by_overlay, self._live,
@@ -538,7 +556,7 @@ class MeshNode:
             live.append(node_id)
             checked_at[node_id] = t = self._pair_phase(node_id, now, cycle)
             heap.append((t, node_id))
-            self._hash ^= _hash_term(node_id, ann.version)
+            self._hash ^= _hash_term(node_id, ann.version, ann.raw)
             self._next_cert_expiry = min(self._next_cert_expiry, ann.cert.not_after)
             self._events.append(PeerJoined(ann))
         heapq.heapify(heap)
@@ -797,7 +815,7 @@ class MeshNode:
         self._next_cert_expiry = min(self._next_cert_expiry, m.ann.cert.not_after)
         self._live_pos[node_id] = len(self._live)
         self._live.append(node_id)
-        self._hash ^= _hash_term(node_id, m.version)
+        self._hash ^= _hash_term(node_id, m.version, m.ann.raw)
         self._tombstones.discard(node_id)
         m.expires = math.inf
         m.live_since = now
@@ -819,7 +837,7 @@ class MeshNode:
             if last != node_id:
                 self._live[pos] = last
                 self._live_pos[last] = pos
-            self._hash ^= _hash_term(node_id, m.version)
+            self._hash ^= _hash_term(node_id, m.version, m.ann.raw)
         m.state = state
         m.suspicion = None
         m.expires = now + self.config.tombstone_ttl
@@ -827,7 +845,8 @@ class MeshNode:
 
     def _set_ann(self, m: Member, ann: Announcement) -> None:
         if ann.node_id in self._live_pos:
-            self._hash ^= _hash_term(ann.node_id, m.version) ^ _hash_term(ann.node_id, ann.version)
+            self._hash ^= _hash_term(ann.node_id, m.version, m.ann.raw)
+            self._hash ^= _hash_term(ann.node_id, ann.version, ann.raw)
         if ann.cert.addresses != m.ann.cert.addresses:  # a renewed certificate
             self._forget_addresses(m)
             for address in ann.cert.addresses:
@@ -872,9 +891,18 @@ class MeshNode:
                 del self._by_overlay[address]
 
     def state_hash(self) -> bytes:
-        """Order-independent hash of the live (node, version) set, self included, and of the
-        revocations held: two nodes that differ in either exchange digests."""
-        return self._hash.to_bytes(16, "big")
+        """Order-independent hash of the live announcements (their signed bytes, D23), self
+        included, and of the revocations held: two nodes that differ in either exchange
+        digests, also when one node showed them different content under one version."""
+        return (self._hash >> 128).to_bytes(16, "big")
+
+    def version_hash(self) -> bytes:
+        """The state hash of meshd before D23: live (node, version) pairs and revocations. An
+        older node sends this one; equal to ours, it agrees with us."""
+        return (self._hash & _LOW).to_bytes(16, "big")
+
+    def _agrees(self, state_hash: bytes) -> bool:
+        return state_hash == self.state_hash() or state_hash == self.version_hash()
 
     def digest(self) -> tuple[DigestEntry, ...]:
         out = [DigestEntry(self.node_id, self._me.version,
@@ -979,7 +1007,8 @@ class MeshNode:
             next_wg_key_at=next_at,
             psk_ids=old.psk_ids if psk_ids is None else psk_ids,
         )
-        self._hash ^= _hash_term(self.node_id, old.version) ^ _hash_term(self.node_id, version)
+        self._hash ^= _hash_term(self.node_id, old.version, old.raw)
+        self._hash ^= _hash_term(self.node_id, version, self._me.raw)
         if certificate is not None and certificate.addresses != old.cert.addresses:
             # A renewal that changed our overlay addresses: IPv4 may work no longer (or now).
             self._ipv4 = ipv4_overlay(certificate.addresses) is not None
@@ -1110,6 +1139,8 @@ class MeshNode:
             if ann.version > self._me.version:
                 # A newer announcement of ours than we remember: we lost state. Outrank it.
                 self._refute(ann.version, now)
+            elif ann.version == self._me.version and ann.raw != self._me.raw:
+                self._reject(Reject.CONFLICT, source, "another announcement of ours, same version")
             return False
         m = self._members.get(node_id)
         leaving = ann.status is Status.LEFT
@@ -1124,8 +1155,10 @@ class MeshNode:
             self._reject(Reject.STALE, source, f"announcement {ann.version} < {m.version}")
             return False
         elif ann.version == m.version:
-            self.stats["duplicates"] += 1
-            return False
+            if ann.raw == m.ann.raw:
+                self.stats["duplicates"] += 1
+                return False
+            return self._equivocation(m, ann, source, now)
         else:
             previous, old_state = m.ann, m.state
             if m.claims and not leaving:
@@ -1148,6 +1181,25 @@ class MeshNode:
                 self._events.append(PeerJoined(ann))
         if why is not _Why.BOOTSTRAP:
             self._broadcast(node_id, AnnounceItem(ann.raw), eager=True)
+        return True
+
+    def _equivocation(self, m: Member, ann: Announcement, source: Address, now: float) -> bool:
+        """Two announcements of one node with one version and different content: the node
+        signed both (nothing else can), to show different things to different peers. Counted
+        as a `conflict` either way; the one of lower `_rank` is kept, here and everywhere, so
+        the mesh converges on one of them (the state hash covers content, so anti-entropy
+        finds nodes that hold the other). True when the new one replaced ours."""
+        keep = _rank(m.ann.raw) <= _rank(ann.raw)
+        self._reject(Reject.CONFLICT, source,
+                     f"{ann.name!r} signed two announcements with version {ann.version}; "
+                     f"{'kept ours' if keep else 'took the new one'}")  # fmt: skip
+        if keep:
+            return False
+        previous = m.ann
+        self._set_ann(m, ann)
+        if m.state in _LIVE and _content(previous) != _content(ann):
+            self._events.append(PeerUpdated(ann, previous))
+        self._broadcast(ann.node_id, AnnounceItem(ann.raw), eager=True)
         return True
 
     def _heard_of_join(self, now: float) -> None:
@@ -1360,7 +1412,7 @@ class MeshNode:
             self.stats["duplicates"] += 1
             return
         self._revoked[key] = raw
-        self._hash ^= _revocation_term(rev.ca_key, rev.serial)
+        self._hash ^= _both_halves(_revocation_term(rev.ca_key, rev.serial))
         self._events.append(RevocationAdded(rev))
         self._broadcast(b"rev" + rev.ca_key + rev.serial.to_bytes(8, "big"), RevocationItem(raw))
         for node_id, m in list(self._members.items()):
@@ -1799,7 +1851,7 @@ class MeshNode:
 
     def _check_state(self, state_hash: bytes, sender: bytes) -> None:
         """A peer's state hash (`StateCheck`): on a mismatch, a full exchange started by us."""
-        if state_hash != self.state_hash():
+        if not self._agrees(state_hash):
             self.stats["push_pull_mismatch"] += 1
             self._send_push_pull(self._members[sender], full=True)
 
@@ -1813,6 +1865,17 @@ class MeshNode:
         if (peer.ann.cert.ca_key, peer.ann.cert.serial) in self._revoked:
             return  # the request carried the sender's own revocation
         give, lack = self._merge_digest(msg.digest, sender, now)
+        if (
+            not give
+            and not lack
+            and not self._agrees(msg.state_hash)
+            and set(msg.digest) == set(self.digest())
+        ):
+            # Same nodes, versions and states, yet different hashes: some node showed us
+            # different content under one version (D23). Send every live announcement; the
+            # peer keeps the lower-ranked one of each pair (`_equivocation`).
+            self.stats["push_pull_content_mismatch"] += 1
+            give = [self._me.raw] + [self._members[n].ann.raw for n in self._live]
         reply = wire.PushPullReply(
             self.state_hash(),
             self.digest() if lack else None,
