@@ -139,6 +139,10 @@ there (`MeshNode._use_ipv4`): one lost datagram does not keep a pair on IPv6, an
 never answers (an older meshd) costs three small datagrams."""
 _IPV4_HELLO = wire.encode(wire.Gossip(()))
 
+_STREAM_REFUSALS = 32
+"""Refused announcements (or revocations) after which the rest of a push-pull message is
+dropped (`_on_stream_announcements`)."""
+
 _RECONNECT_ALL_MAX = 32
 """Members a node that was declared dead asks at once (`_reconnect_all`). Enough that every node
 of the other side of a 50/50 split of 1,000 is asked by about 32 nodes; few enough that a node
@@ -1400,6 +1404,52 @@ class MeshNode:
         self._told[key] = now + self.config.probe_interval
         return True
 
+    def _on_stream_announcements(
+        self, raws: tuple[bytes, ...], source: Address, now: float, why: _Why
+    ) -> None:
+        """The announcements of one push-pull reply. An honest reply holds each node at most
+        once and nothing refused but by a race; a hostile one may hold 16,384 (the decoder's
+        bound) of garbage, bad signatures or versions of its sender's own. So identical copies
+        are read once, and after `_STREAM_REFUSALS` refused ones (refused by the checks, stale,
+        or a second one of a node) the rest is dropped: one message costs the loop at most that
+        many failed checks besides the news it brings (issue #22)."""
+        refused = 0
+        nodes: set[bytes] = set()
+        unique = list(dict.fromkeys(raws))
+        for i, raw in enumerate(unique):
+            if refused >= _STREAM_REFUSALS:
+                self._reject(Reject.MALFORMED, source,
+                             f"push-pull: {len(unique) - i} announcements left unread after "
+                             f"{refused} refused")  # fmt: skip
+                return
+            ann = self._verify(raw, source, now)
+            if ann is None:
+                refused += 1
+                continue
+            if ann.node_id in nodes:
+                refused += 1
+                self._reject(Reject.MALFORMED, source, f"push-pull: {ann.name!r} twice")
+                continue
+            held = self._members.get(ann.node_id)
+            refused += held is not None and ann.version < held.version  # refused as stale
+            nodes.add(ann.node_id)
+            self._apply_announcement(ann, source, now, why)
+
+    def _on_revocations(self, raws: tuple[bytes, ...], source: Address, now: float) -> None:
+        """Revocations of one push-pull message: known ones cost nothing; checking stops after
+        `_STREAM_REFUSALS` refused."""
+        known = set(self._revoked.values())
+        refused = 0
+        for raw in dict.fromkeys(raws):
+            if raw in known:
+                continue
+            if refused >= _STREAM_REFUSALS:
+                self._reject(Reject.MALFORMED, source, "push-pull: revocations left unread")
+                return
+            before = len(self._revoked)
+            self._on_revocation(raw, source, now)
+            refused += len(self._revoked) == before
+
     def _on_revocation(self, raw: bytes, source: Address, now: float) -> None:
         try:
             rev = decode_revocation(raw)
@@ -1860,8 +1910,7 @@ class MeshNode:
         if msg.digest is None:
             self._check_state(msg.state_hash, sender)
             return
-        for raw in msg.revocations:
-            self._on_revocation(raw, peer.address, now)
+        self._on_revocations(msg.revocations, peer.address, now)
         if (peer.ann.cert.ca_key, peer.ann.cert.serial) in self._revoked:
             return  # the request carried the sender's own revocation
         give, lack = self._merge_digest(msg.digest, sender, now)
@@ -1888,10 +1937,8 @@ class MeshNode:
         why = _Why.BOOTSTRAP if sender in self._bootstrap_from else _Why.GOSSIP
         self._bootstrap_from.discard(sender)
         source = self._members[sender].address
-        for raw in msg.revocations:
-            self._on_revocation(raw, source, now)
-        for raw in msg.announcements:
-            self._on_announcement(raw, source, now, why)
+        self._on_revocations(msg.revocations, source, now)
+        self._on_stream_announcements(msg.announcements, source, now, why)
         if msg.digest is not None:
             give, _ = self._merge_digest(msg.digest, sender, now)
             if give:
