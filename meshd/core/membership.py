@@ -1410,8 +1410,8 @@ class MeshNode:
         """The announcements of one push-pull reply. An honest reply holds each node at most
         once and nothing refused but by a race; a hostile one may hold 16,384 (the decoder's
         bound) of garbage, bad signatures or versions of its sender's own. So identical copies
-        are read once, and after `_STREAM_REFUSALS` refused ones (refused by the checks, stale,
-        or a second one of a node) the rest is dropped: one message costs the loop at most that
+        are read once, and after `_STREAM_REFUSALS` refused ones (refused by the checks, or a
+        second one of a node) the rest is dropped: one message costs the loop at most that
         many failed checks besides the news it brings (issue #22)."""
         refused = 0
         nodes: set[bytes] = set()
@@ -1430,8 +1430,8 @@ class MeshNode:
                 refused += 1
                 self._reject(Reject.MALFORMED, source, f"push-pull: {ann.name!r} twice")
                 continue
-            held = self._members.get(ann.node_id)
-            refused += held is not None and ann.version < held.version  # refused as stale
+            # A stale one is no refusal here: after a partition a reply holds many, and counting
+            # them dropped the news behind them (bench sim tombstone_merge_s 5.05 -> 8.45 s).
             nodes.add(ann.node_id)
             self._apply_announcement(ann, source, now, why)
 
