@@ -459,6 +459,7 @@ class Daemon:
             ("persist", self._persist_loop),
             ("watchdog", self._watchdog_loop),
             ("keys", self._key_loop),
+            ("loop-lag", self._lag_loop),
         )
         for what, loop_fn in loops:
             # A failed pass is logged, counted and run again: a loop that ended would stop
@@ -697,6 +698,15 @@ class Daemon:
             log.warning("peer %s declared dead", event.announcement.name)
         elif isinstance(event, ms.PeerLeft):
             log.info("peer %s left", event.announcement.name)
+        elif isinstance(event, ms.ClaimsIgnored):
+            member = self.core.member(event.node_id) if self.core else None
+            log.warning(
+                "peer %s: its suspect/dead claims were refuted again and again; ignoring its "
+                "claims for %.0f s",
+                member.ann.name if member else key_id(event.node_id),
+                event.until - self.clock(),
+            )
+            return False
         elif isinstance(event, ms.RevocationAdded):
             rev = event.revocation
             self._revoked_serials.add((rev.ca_key, rev.serial))
@@ -1137,6 +1147,20 @@ class Daemon:
     def _loop_failed(self, what: str) -> None:
         self.m_loop_failures.inc(loop=what)
 
+    async def _lag_loop(self) -> None:
+        """How late a 100 ms timer fires: the longest the event loop was blocked, give or take
+        the interval (exported as `meshd_loop_lag_max_seconds`, the largest since start, and
+        `meshd_loop_lag_seconds`, the last). A stall of the loop is what starves probes into
+        false suspicions (issue #22: floods, stream bombs)."""
+        interval = 0.1
+        while True:
+            start = time.monotonic()
+            await asyncio.sleep(interval)
+            lag = max(0.0, time.monotonic() - start - interval)
+            self.m_loop_lag.set(lag)
+            if lag > self.m_loop_lag_max.get():
+                self.m_loop_lag_max.set(lag)
+
     async def _watchdog_loop(self) -> None:
         interval = systemd.watchdog_interval()
         if interval is None:
@@ -1152,6 +1176,13 @@ class Daemon:
         self.m_rejected = m.counter("meshd_rejected_messages_total", "Messages refused, by reason.")
         self.m_loop_failures = m.counter(
             "meshd_loop_failures_total", "Failed passes of the daemon's loops (each runs again)."
+        )
+        self.m_loop_lag = m.gauge(
+            "meshd_loop_lag_seconds", "How late the last 100 ms timer of the event loop fired."
+        )
+        self.m_loop_lag_max = m.gauge(
+            "meshd_loop_lag_max_seconds",
+            "Longest lateness of a 100 ms event-loop timer since start: the longest stall.",
         )
         passes = m.counter("meshd_reconcile_passes_total", "Data plane reconciliation passes.")
         peers = m.gauge("meshd_peers", "Members by membership state.")

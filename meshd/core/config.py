@@ -90,6 +90,35 @@ class MembershipConfig:
     """Lifeguard local health multiplier ceiling (section IV-A): probe interval and timeout are
     scaled by (score + 1), score in [0, awareness_max - 1]. Default 8 as memberlist."""
 
+    claim_rate: float = 100.0
+    """Suspect/dead claims one member may send us per second (`claimguard.py`); beyond it they
+    are dropped as `rate_limited`. Default 100/s, burst `claim_burst`: far above what gossip
+    carries from one member (a 64-item datagram per gossip round at most, and claims are about
+    members that failed), far below what costs a loop time."""
+
+    claim_burst: float = 400.0
+    """Claims a quiet member may send at once. Default 400: a member relaying the news of a
+    large part of the mesh failing at once (a partition) is not cut short."""
+
+    claim_strikes: int = 3
+    """Refuted first-hand claims of one member within `claim_strike_window` after which its
+    claims are ignored for `claim_ignore_for` (a refuted dead claim counts as all of them).
+    Default 3: a member with a lossy link raises a false suspicion now and then, not three a
+    minute."""
+
+    claim_strike_window: float = 60.0
+    """How long a strike counts, in seconds. Default 60 s."""
+
+    claim_ignore_for: float = 600.0
+    """How long a struck-out member's claims are ignored, in seconds. Default 10 min: an attacker
+    gets one effective claim per 10 minutes, an honest member misses only its share of
+    confirmations meanwhile."""
+
+    claim_refute_window: float = 5.0
+    """A first-hand claim refuted within this many seconds of arriving is a strike; later, it
+    was a partition or a restart, not a lie. Default 5 s: a live member refutes within a round
+    trip of hearing a claim, while a crashed one takes longer than that to come back."""
+
     gossip_interval: float = 0.2
     """Period of gossip rounds that send queued broadcasts to `gossip_nodes` random members.
     Default 0.2 s (memberlist LAN). Rounds with an empty queue send nothing."""
@@ -200,6 +229,9 @@ class MembershipConfig:
             covered_recheck=30.0,
             join_timeout=0.2,
             suspicion_min_floor=0.0,  # simulated nodes never stall
+            claim_refute_window=1.0,
+            claim_strike_window=12.0,
+            claim_ignore_for=120.0,
         )
 
     def retransmit_limit(self, n: int) -> int:

@@ -24,13 +24,43 @@ def pack(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
 
 
+class _TooManyArrays(Exception):
+    pass
+
+
+def _array_counter(limit: int) -> Any:
+    """A msgpack `list_hook` that stops decoding at the (limit+1)-th array. The unpacker calls
+    it as each array is complete, innermost first, so at most `limit` arrays (each at most
+    `max_array` elements) are ever built: the cost of decoding is bounded by the count of
+    objects, not only by the size of the input (issue #22: one 16 MiB stream message of small
+    nested arrays stalled the loop for seconds)."""
+    count = 0
+
+    def hook(value: Any) -> Any:
+        nonlocal count
+        count += 1
+        if count > limit:
+            raise _TooManyArrays
+        return value
+
+    return hook
+
+
 def unpack(
-    data: bytes, what: str, max_size: int, *, max_array: int = MAX_ARRAY, max_bin: int = MAX_BIN
+    data: bytes,
+    what: str,
+    max_size: int,
+    *,
+    max_array: int = MAX_ARRAY,
+    max_bin: int = MAX_BIN,
+    max_arrays: int | None = None,
 ) -> Any:
     """Decode canonical msgpack or raise `RemoteProtocolError`.
 
     Arrays come back as tuples (hashable, immutable). `what` names the object for the message.
-    `max_array`/`max_bin` may be raised for bulk messages that travel on a stream (push-pull).
+    `max_array`/`max_bin` may be raised for bulk messages that travel on a stream (push-pull);
+    `max_arrays` bounds how many arrays the value may hold in all (nesting included), so that
+    with `max_array` it bounds the objects decoded.
     """
     if len(data) > max_size:
         raise RemoteProtocolError(Reject.OVERSIZE, f"{what} is {len(data)} bytes, limit {max_size}")
@@ -45,7 +75,12 @@ def unpack(
             max_array_len=max_array,
             max_map_len=0,
             max_ext_len=0,
+            list_hook=None if max_arrays is None else _array_counter(max_arrays),
         )
+    except _TooManyArrays:
+        raise RemoteProtocolError(
+            Reject.MALFORMED, f"{what}: more than {max_arrays} arrays"
+        ) from None
     except Exception as exc:  # msgpack raises many unrelated types for junk input
         raise RemoteProtocolError(Reject.MALFORMED, f"{what}: undecodable: {exc}") from None
     try:

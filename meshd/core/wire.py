@@ -44,7 +44,16 @@ MAX_OVERLAY_DATAGRAM = 1372
 JOIN_REQUEST_SIZE = 1400
 # Push-pull on a stream: the whole state of a 10,000-node mesh (~7 MB of announcements).
 MAX_STREAM_MESSAGE = 32 * 1024 * 1024
-MAX_STREAM_ITEMS = 1 << 20
+MAX_STREAM_ITEMS = 1 << 14
+"""Most elements of one array in a stream message, and most digest records: announcements of a
+16,384-node mesh. Bounds the work one message costs (issue #22: with 2^20, one hostile message
+of a million empty announcements took the loop ~0.1 s to decode and seconds to refuse)."""
+MAX_STREAM_ARRAYS = 4
+"""Arrays in one stream message, nesting included: the message, its announcements, its
+revocations (and one spare). Decoding stops at the next one (`encoding.unpack`)."""
+MIN_ANNOUNCEMENT = 64
+"""No signed announcement is shorter (a 64-byte signature alone): shorter ones in a stream are
+refused while decoding, before any work per announcement."""
 NONCE_LEN = 8
 MESH_TAG_LEN = 8
 # A mesh check is padded to this size so that its reply (nonce, node id, state hash, a count:
@@ -502,7 +511,8 @@ def _state(value: Any, what: str) -> MemberState:
 def _digest_field(value: Any) -> tuple[DigestEntry, ...] | None:
     if value is None:
         return None
-    return unpack_digest(enc.expect_bytes(value, "digest", max_len=MAX_STREAM_MESSAGE))
+    blob = enc.expect_bytes(value, "digest", max_len=MAX_STREAM_ITEMS * DIGEST_RECORD_SIZE)
+    return unpack_digest(blob)
 
 
 def _from_fields(kind: int, f: tuple[Any, ...]) -> Message:
@@ -558,7 +568,7 @@ def _from_fields(kind: int, f: tuple[Any, ...]) -> Message:
         return PushPullReply(
             enc.expect_bytes(f[0], "state hash", STATE_HASH_LEN),
             _digest_field(f[1]),
-            tuple(enc.expect_bytes(a, "announcement") for a in anns),
+            tuple(_announcement_bytes(a) for a in anns),
             _revocations(f[3]),
         )
     if kind == MessageType.STATE_CHECK:
@@ -587,6 +597,13 @@ def _from_fields(kind: int, f: tuple[Any, ...]) -> Message:
             raise RemoteProtocolError(Reject.MALFORMED, "initiate: forward is not a boolean")
         return Initiate(_node_id(f[0], "subject"), f[1])
     raise RemoteProtocolError(Reject.UNKNOWN_TYPE, f"message type {kind}")
+
+
+def _announcement_bytes(value: Any) -> bytes:
+    raw = enc.expect_bytes(value, "announcement")
+    if len(raw) < MIN_ANNOUNCEMENT:
+        raise RemoteProtocolError(Reject.MALFORMED, f"announcement of {len(raw)} bytes")
+    return raw
 
 
 def _revocations(value: object) -> tuple[bytes, ...]:
@@ -623,6 +640,13 @@ def encode(msg: Message) -> bytes:
     return PREFIX + enc.pack((msg.TYPE.value, *msg.fields()))
 
 
+_DATAGRAM_TYPES = frozenset(
+    int(t)
+    for t in MessageType
+    if t not in (MessageType.PUSH_PULL_REQUEST, MessageType.PUSH_PULL_REPLY)
+)
+
+
 def max_size(channel: Channel) -> int:
     if channel is Channel.STREAM:
         return MAX_STREAM_MESSAGE
@@ -641,9 +665,16 @@ def decode(data: bytes, channel: Channel) -> Message:
     if data[2] != WIRE_VERSION:
         raise RemoteProtocolError(Reject.UNSUPPORTED_VERSION, f"wire version {data[2]}")
     if channel is Channel.STREAM:
+        # The type is the array's first element: a datagram type sent on a stream is refused
+        # before its (nested) items are decoded.
+        if len(data) > 4 and 0x91 <= data[3] <= 0x9F and data[4] in _DATAGRAM_TYPES:
+            raise RemoteProtocolError(
+                Reject.WRONG_CHANNEL, f"{MessageType(data[4]).name} is not accepted on the stream"
+            )
         value = enc.unpack(
-            data[3:], "message", limit, max_array=MAX_STREAM_ITEMS, max_bin=MAX_STREAM_MESSAGE
-        )
+            data[3:], "message", limit, max_array=MAX_STREAM_ITEMS, max_bin=MAX_STREAM_MESSAGE,
+            max_arrays=MAX_STREAM_ARRAYS,
+        )  # fmt: skip
     else:
         value = enc.unpack(data[3:], "message", limit)
     t = enc.expect_tuple(value, "message")

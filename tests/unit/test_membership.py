@@ -18,6 +18,7 @@ from meshd.core.cert import issue_revocation
 from meshd.core.config import MembershipConfig
 from meshd.core.errors import Reject
 from meshd.core.membership import (
+    ClaimsIgnored,
     MeshNode,
     MessageRejected,
     PeerAlive,
@@ -181,7 +182,8 @@ def test_dead_claim_about_self_is_refuted() -> None:
     a, b, _ = lab.converged(3)
     v = a.announcement.version
     a.receive(gossip(DeadItem(a.node_id, v, b.node_id)), lab.source_of(1, Channel.OVERLAY), NOW)
-    assert a.events() == []
+    # We know the claim is false: b's claims are ignored for a while (issue #22, finding 5).
+    assert a.events() == [ClaimsIgnored(b.node_id, NOW + lab.config.claim_ignore_for)]
     assert a.announcement.version == v + 1  # same millisecond: previous + 1
     assert a.health == 1  # Lifeguard IV-A: being suspected hints at a local problem
     sent = {wire.decode(t.data, t.channel) for t in a.datagrams_to_send()}
@@ -679,7 +681,8 @@ def test_a_probe_sent_before_a_member_died_does_not_suspect_it_after_it_rejoins(
     a.receive(gossip(DeadItem(c.node_id, c.announcement.version, b.node_id)), src, t)
     back = c.update_self(t + 0.01)  # c refutes its death (signs a newer version)
     a.receive(gossip(AnnounceItem(back.raw)), src, t + 0.01)
-    assert [type(e) for e in a.events()] == [PeerDead, PeerJoined]
+    # b's first-hand dead claim refuted 10 ms later reads as a lie (claimguard.py).
+    assert [type(e) for e in a.events()] == [PeerDead, ClaimsIgnored, PeerJoined]
     # The old probe ends within this interval; c's new record is first probed only after
     # first_probe_after, and c answers from now on.
     end = t + lab.config.first_probe_after

@@ -44,7 +44,8 @@ messages = st.one_of(
               st.binary(min_size=16, max_size=16), seqs),
     st.builds(wire.PushPullRequest, st.binary(min_size=16, max_size=16), digests),
     st.builds(wire.PushPullReply, st.binary(min_size=16, max_size=16), digests,
-              st.lists(blobs, max_size=5).map(tuple)),
+              st.lists(st.binary(min_size=wire.MIN_ANNOUNCEMENT, max_size=300),
+                       max_size=5).map(tuple)),
 )  # fmt: skip
 
 
