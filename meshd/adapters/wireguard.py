@@ -412,12 +412,17 @@ class UserspaceBackend:
             while line := await proc.stderr.readline():
                 log.debug("wireguard-go %s: %s", ifname, line.decode(errors="replace").rstrip())
         code = await proc.wait()
-        if self._procs.get(ifname) is proc:
+        current = self._procs.get(ifname)
+        if current is proc:
             del self._procs[ifname]
             self._watchers.pop(ifname, None)
             log.warning("wireguard-go for %s exited with %s; will restart", ifname, code)
             if self.on_exit is not None:
                 self.on_exit(ifname)
+        elif current is not None:
+            # A reconcile pass found the interface gone and started a new wireguard-go before
+            # this watcher woke (a loaded host): still say why (seen in CI under load).
+            log.warning("wireguard-go for %s exited with %s; already restarted", ifname, code)
 
     async def read(self, ifname: str) -> DeviceStatus | None:
         if self.pid(ifname) is None and not self.socket_path(ifname).exists():
