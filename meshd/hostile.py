@@ -66,8 +66,8 @@ ATTACKS = ("claims", "bombs", "dup-key", "dup-next-key", "own-key", "endpoint", 
 ENDPOINT_INJECTION = "::%x]:1\nremove=true\nendpoint=[::1"
 """Issue #22, finding 2: as a UAPI `endpoint=` value this ends the line, removes the peer and
 starts another; its blank line would end the whole `set` transaction."""
-PROBE_SEQ_BASE = 1 << 40
-"""Sequence numbers of `probe` pings: apart from any other."""
+PROBE_SEQ_BASE = 1 << 31
+"""Sequence numbers of `probe` pings (the wire allows up to 2**32 - 1)."""
 
 
 def _bomb() -> bytes:
