@@ -6,13 +6,15 @@ starved event loop then answers probes late and raises false suspicions (issue #
 So, in this order, each step cheaper than the next:
 
 1. the source's bucket (`SourceRateLimiter`, IPv6 grouped by /64);
-2. the message's structure (`meshd.core.wire.decode`): only join requests are gated further.
+2. a global budget of underlay datagrams decoded (`UNDERLAY_RATE`), so that a flood from
+   rotating sources costs little more than reading it;
+3. the message's structure (`meshd.core.wire.decode`): only join requests are gated further.
    A join reply is believed only for a pending request of ours, which the core checks before
    it verifies anything; overlay and stream traffic come through the tunnel;
-3. the announcement's cheap checks: size, structure, mesh, CA, validity window, revocation, and
+4. the announcement's cheap checks: size, structure, mesh, CA, validity window, revocation, and
    the cache of announcements and certificates whose signatures failed before
    (`AnnouncementVerifier.needs_signature_check`);
-4. the global budget of signature checks, shared by all sources (`TokenBucket`): only an
+5. the global budget of signature checks, shared by all sources (`TokenBucket`): only an
    announcement that is not already known good spends a token.
 
 The core checks everything again (cheaply: it hits the same verifier's caches) and keeps its
@@ -33,6 +35,12 @@ its time. 500/s still lets a mesh of 1,000 nodes that restarted at once all join
 within a few seconds (the core's join retries cover the rest)."""
 VERIFY_BURST = 500.0
 """Signature checks that may be spent at once after a quiet time."""
+UNDERLAY_RATE = 2000.0
+"""Underlay datagrams decoded per second, for all sources together, after the per-source
+bucket: a flood from rotating sources (each new source gets a fresh burst) is dropped here,
+before its ~30 us of decoding, so the loop keeps reading the socket it shares with the
+overlay's probes (`bench attack`: a 20,000/s flood). Legitimate underlay traffic is a join or
+mesh check per node now and then; 2,000/s lets a fleet of thousands (re)join at once."""
 
 
 class JoinGate:
@@ -47,6 +55,7 @@ class JoinGate:
         self.verifier = verifier
         self.per_source = per_source or SourceRateLimiter(rate=10.0, burst=20.0)
         self.budget = budget or TokenBucket(VERIFY_RATE, VERIFY_BURST)
+        self.underlay = TokenBucket(UNDERLAY_RATE, UNDERLAY_RATE)
 
     def admit(
         self, data: bytes, source: str, now: float, mono: float
@@ -56,6 +65,8 @@ class JoinGate:
         `mono`: a monotonic clock in seconds (buckets)."""
         if not self.per_source.allow(source, mono):
             return RemoteProtocolError(Reject.RATE_LIMITED, f"join traffic from {source}")
+        if not self.underlay.take(mono):
+            return RemoteProtocolError(Reject.RATE_LIMITED, "global underlay budget spent")
         try:
             msg = wire.decode(data, wire.Channel.UNDERLAY)
             if not isinstance(msg, wire.JoinRequest):

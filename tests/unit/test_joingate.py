@@ -177,3 +177,18 @@ def test_gate_limits_per_source_by_64_and_lets_replies_to_the_core() -> None:
     assert gate.admit(reply, "192.0.2.50", NOW, 0.0) is None
     junk = gate.admit(b"\x00junk", "192.0.2.51", NOW, 0.0)
     assert junk is not None and junk.reason is Reject.MALFORMED
+
+
+def test_a_flood_from_rotating_sources_is_dropped_before_it_is_decoded() -> None:
+    gate = JoinGate(AnnouncementVerifier(TRUST))
+    junk = b"MD\x01" + bytes(100)  # malformed: decoding it would say so
+    verdicts = [
+        gate.admit(junk, f"2001:db8:{i:x}::1", NOW, 100.0) for i in range(3000)
+    ]  # every source a /64 of its own, so each has a fresh per-source burst
+    reasons = [v.reason for v in verdicts if v is not None]
+    decoded = reasons.count(Reject.MALFORMED)
+    assert decoded == 2000  # the global underlay budget, at one instant
+    assert reasons.count(Reject.RATE_LIMITED) == 1000
+    # A second later the budget has refilled by its rate.
+    later = [gate.admit(junk, f"2001:db8:1:{i:x}::1", NOW, 101.0) for i in range(3000)]
+    assert [v.reason for v in later if v is not None].count(Reject.MALFORMED) == 2000
