@@ -43,6 +43,7 @@ from meshd.adapters.reconciler import Reconciler
 from meshd.adapters.resolver import EndpointResolver
 from meshd.adapters.store import StateStore
 from meshd.adapters.transport import UNDERLAY, MeshTransport, Received
+from meshd.adapters.underlayguard import UnderlayGuard
 from meshd.adapters.wireguard import PeerStatus, WireGuardBackend, select_backend
 from meshd.aio import at_deadlines, keep_running, wait_event
 from meshd.config import (
@@ -203,6 +204,8 @@ class Daemon:
         """Who holds each WireGuard key: members announcing one held by another are left out."""
         self._key_left_out: frozenset[bytes] = frozenset()
         """Members left out of WireGuard at the last planning pass for a key conflict."""
+        self.underlay_guard = UnderlayGuard(config.interface, config.meshd_port)
+        """A kernel cap on underlay traffic to our port (meshd.adapters.underlayguard)."""
         self.seed_resolver = EndpointResolver(
             lambda *_: None, period=SEED_RESOLVE_PERIOD_S, on_answers=self._seed_answers
         )
@@ -399,6 +402,7 @@ class Daemon:
             stream_from=self._is_member_overlay,
         )
         await self.transport.start()
+        self._spawn(self.underlay_guard.start())  # nft takes ~20 ms: beside the join
         self.core = ms.MeshNode(
             self._membership_config(),
             identity=self.node.identity,
@@ -526,6 +530,7 @@ class Daemon:
             await self.api.stop()
         if self.transport is not None:
             await self.transport.close()
+        await self.underlay_guard.stop()
         try:
             await self.egress.stop()
         except (MeshError, OSError) as exc:
