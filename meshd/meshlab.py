@@ -299,6 +299,23 @@ class MeshLab:
                 out[n.name] = {names.get(k, f"?{k[:8].hex()}") for k in await n.wireguard_peers()}
         return out
 
+    async def wait_every_pair_pings(
+        self, nodes: list[MeshdNode], within: float, interval: float = 0.5
+    ) -> None:
+        """Wait until every ordered pair of `nodes` pings; AssertionError naming the pairs
+        that still do not at the deadline."""
+        unreachable: list[str] = []
+
+        async def all_ping() -> bool:
+            nonlocal unreachable
+            unreachable = await self.unreachable_pairs(nodes, within=1)
+            return not unreachable
+
+        try:
+            await wait_for(all_ping, within, "every pair to ping", interval)
+        except TimeoutError:
+            raise AssertionError(f"{within} s on, pairs that do not ping: {unreachable}") from None
+
     async def degraded_pairs(self, nodes: list[MeshdNode]) -> list[str]:
         """Every `a->b` where node a reports its pair with b degraded (meshctl status)."""
         out = []

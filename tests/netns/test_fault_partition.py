@@ -50,14 +50,4 @@ async def test_partition_heals_without_operator_action(run_prefix: str, tmp_path
         # with a handshake: a pair that re-added each other within milliseconds can be left
         # with one direction undecryptable until WireGuard re-handshakes (known, open:
         # docs/faults.md, "right after a heal").
-        unreachable: list[str] = []
-
-        async def every_pair_pings() -> bool:
-            nonlocal unreachable
-            unreachable = await mesh.unreachable_pairs(nodes, within=1)
-            return not unreachable
-
-        try:
-            await wait_for(every_pair_pings, PAIRS_PING_WITHIN_S, "every pair to ping", 0.0)
-        except TimeoutError:
-            pytest.fail(f"{PAIRS_PING_WITHIN_S} s after the mesh was whole, no ping: {unreachable}")
+        await mesh.wait_every_pair_pings(nodes, PAIRS_PING_WITHIN_S, interval=0.0)

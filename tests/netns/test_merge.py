@@ -14,20 +14,6 @@ from meshd.meshlab import MESHD_PORT, MeshdNode, MeshLab
 pytestmark = pytest.mark.netns
 
 
-async def every_pair_pings(mesh: MeshLab, nodes: list[MeshdNode], within: float) -> None:
-    unreachable: list[str] = []
-
-    async def all_ping() -> bool:
-        nonlocal unreachable
-        unreachable = await mesh.unreachable_pairs(nodes, within=1)
-        return not unreachable
-
-    try:
-        await wait_for(all_ping, within, "every pair to ping", 0.5)
-    except TimeoutError:
-        raise AssertionError(f"pairs that do not ping: {unreachable}") from None
-
-
 def shared_seed_name(dns: LabDns, mesh: MeshLab, nodes: list[MeshdNode]) -> None:
     """The same configuration on every node: one seed name (the lab DNS) and nothing else."""
     for node in nodes:
@@ -51,7 +37,7 @@ async def test_twelve_nodes_started_at_once_with_one_seed_name_of_two_nodes_form
         for node in nodes:  # all at once, as configuration management starts them
             await mesh.start(node)
         await mesh.wait_full_mesh(nodes, within=90)
-        await every_pair_pings(mesh, nodes, within=30)
+        await mesh.wait_every_pair_pings(nodes, within=30)
         for node in (nodes[0], nodes[6]):
             status = await node.status()
             assert status is not None and status["split"] == []
@@ -91,7 +77,7 @@ async def test_two_meshes_formed_apart_merge_when_the_path_between_them_opens(
         await wait_for(looked_across, 30, "every node to look for the other seed 4 times", 0.5)
         await faults.restore(cut)  # no restart, no operator action
         await mesh.wait_full_mesh(nodes, within=40)
-        await every_pair_pings(mesh, nodes, within=30)
+        await mesh.wait_every_pair_pings(nodes, within=30)
         merges = [await metric(node, "meshd_mesh_merges_total") for node in nodes]
         assert sum(merges) >= 1
 
@@ -123,7 +109,7 @@ async def test_a_partition_longer_than_the_tombstones_heals_into_one_mesh(
         await wait_for(forgotten, 60, "each half to forget the other (tombstones reaped)", 0.5)
         await faults.restore(cut)
         await mesh.wait_full_mesh(nodes, within=40)
-        await every_pair_pings(mesh, nodes, within=30)
+        await mesh.wait_every_pair_pings(nodes, within=30)
 
 
 async def metric(node: MeshdNode, name: str) -> float:
