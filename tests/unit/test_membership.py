@@ -966,3 +966,14 @@ def test_a_member_can_only_have_others_initiate_towards_itself() -> None:
     b.receive(wire.encode(wire.Initiate(lab.host(2).node_id, False)), src, t)
     assert [e for e in b.events() if isinstance(e, ms.HandshakeWanted)] == []
     assert b.stats["initiate_dropped"] == 2
+
+
+def test_a_leave_reaches_members_when_no_tunnel_carries_it() -> None:
+    # A node that leaves right after it started may have no WireGuard session yet: its leave,
+    # queued in the tunnel, dies with its wireguard-go. A few members hear it on the underlay.
+    lab = Lab(3)
+    a, b, c = lab.converged(3)
+    a.leave(NOW)
+    lab.deliver(NOW, lost=lambda destination: not destination.startswith("10."))
+    assert [type(e) for e in b.events()] == [ms.PeerLeft]
+    assert [type(e) for e in c.events()] == [ms.PeerLeft]
