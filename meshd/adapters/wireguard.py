@@ -555,7 +555,8 @@ class KernelBackend:
             raise WireGuardError(f"reading {ifname}: {exc}") from None
         finally:
             wg.close()
-        private_key, port, fwmark, statuses = ZERO_KEY, 0, 0, {}
+        private_key, port, fwmark = ZERO_KEY, 0, 0
+        statuses: dict[bytes, PeerStatus] = {}
         for msg in msgs:
             pk = msg.get("WGDEVICE_A_PRIVATE_KEY")
             if pk:
