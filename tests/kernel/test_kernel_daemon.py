@@ -17,8 +17,9 @@ from meshd.meshlab import MeshdNode, MeshLab
 
 pytestmark = pytest.mark.kernel
 
-FORM_WITHIN = 90.0
-"""Three Python daemons starting on an emulated CPU take far longer than on the host."""
+FORM_WITHIN = 150.0
+"""Three Python daemons starting on an emulated CPU take far longer than on the host (~60 s
+here with the two cores shared; a bound, not a wait)."""
 
 
 @pytest.fixture
