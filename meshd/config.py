@@ -130,9 +130,10 @@ class Config:
     )
     keep_interface: bool = _f(
         False,
-        "Leave the interface and routes in place on exit (traffic "
-        "keeps flowing to known peers while meshd restarts). Kernel backend only: a "
-        "wireguard-go interface ends with its process.",
+        "Leave the interface, its peers and routes in place on exit; the next meshd adopts "
+        "them. A SIGTERM still leaves the mesh, so the others drop this node until it "
+        "rejoins (docs/dataplane.md). Kernel backend only: a wireguard-go interface ends "
+        "with its process.",
     )
     psk_file: str = _f(
         "",

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from meshd import keyfiles
-from meshd.adapters.wireguard import UapiClient, decode_uapi_get
 from meshd.core.psk import PskChain, PskSecrets, epoch_at
 from meshd.lab import wait_for
 from meshd.meshlab import MeshdNode, MeshLab
@@ -91,12 +90,8 @@ def copy_psk(source: Path, node: MeshdNode) -> None:
 
 
 async def device_psks(node: MeshdNode) -> dict[bytes, bytes | None]:
-    """Peer public key -> preshared key, as wireguard-go holds them now."""
-    client = UapiClient(node.host.wg_dir / "mesh0.sock")
-    try:
-        status = decode_uapi_get(await client.get())
-    finally:
-        client.close()
+    """Peer public key -> preshared key, as WireGuard (wireguard-go or kernel) holds them now."""
+    status = await node.wireguard_status()
     return {k: s.peer.preshared_key for k, s in status.peers.items()}
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from meshd import keyfiles
-from meshd.adapters.wireguard import UapiClient, decode_uapi_get
+from meshd.adapters.wireguard import DeviceStatus, KernelBackend, UapiClient, decode_uapi_get
 from meshd.ca import CertificateAuthority
 from meshd.client import MeshdClient, MeshdNotAnswering, MeshdNotRunning
 from meshd.config import Config
@@ -109,13 +109,24 @@ class MeshdNode:
             self._wg_public_key = base64.b64decode(status["node"]["wg_public_key"])
         return self._wg_public_key
 
+    async def wireguard_status(self) -> DeviceStatus:
+        """mesh0 as WireGuard reports it, read directly (not through meshd): over wireguard-go's
+        UAPI socket when there is one, else from the kernel module (generic netlink)."""
+        socket = self.host.wg_dir / "mesh0.sock"
+        if socket.exists():
+            client = UapiClient(socket)
+            try:
+                return decode_uapi_get(await client.get())
+            finally:
+                client.close()
+        status = await KernelBackend(self.host.netns).read("mesh0")
+        if status is None:
+            raise RuntimeError(f"{self.name}: no mesh0 (neither wireguard-go nor kernel)")
+        return status
+
     async def wireguard_peers(self) -> dict[bytes, tuple[str, ...]]:
-        """Public key -> AllowedIPs as wireguard-go reports them (read over UAPI directly)."""
-        client = UapiClient(self.host.wg_dir / "mesh0.sock")
-        try:
-            status = decode_uapi_get(await client.get())
-        finally:
-            client.close()
+        """Public key -> AllowedIPs as WireGuard reports them (`wireguard_status`)."""
+        status = await self.wireguard_status()
         return {k: tuple(str(p) for p in s.peer.allowed_ips) for k, s in status.peers.items()}
 
 
@@ -213,7 +224,7 @@ class MeshLab:
         running into suspicion), and wait until every node sees every other alive with a
         handshake. Returns the seconds the last step took."""
         await self.start(nodes[0])
-        await self.wait_api(nodes[0])
+        await self.wait_api(nodes[0], max(20.0, within / 2))
         rest = nodes[1:]
         step = batch or len(rest) or 1
         for i in range(0, len(rest), step):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import ipaddress
 import logging
@@ -548,6 +549,10 @@ class KernelBackend:
 
         wg = open_wireguard_genl(self.netns)
         try:
+            # Resolves the family first: pyroute2's info() and set() read its ID before they
+            # would set the socket up, and fail on a fresh socket ("run bind() before placing
+            # any requests"); found when the kernel backend first ran in the kernel VM.
+            await wg.setup_endpoint()
             msgs = [m async for m in await wg.info(ifname)]
         except Exception as exc:
             if getattr(exc, "code", None) in (2, 19):  # ENOENT / ENODEV: no such device
@@ -555,7 +560,8 @@ class KernelBackend:
             raise WireGuardError(f"reading {ifname}: {exc}") from None
         finally:
             wg.close()
-        private_key, port, fwmark, statuses = ZERO_KEY, 0, 0, {}
+        private_key, port, fwmark = ZERO_KEY, 0, 0
+        statuses: dict[bytes, PeerStatus] = {}
         for msg in msgs:
             pk = msg.get("WGDEVICE_A_PRIVATE_KEY")
             if pk:
@@ -564,7 +570,17 @@ class KernelBackend:
             fwmark = msg.get("WGDEVICE_A_FWMARK") or fwmark
             for p in msg.get("WGDEVICE_A_PEERS") or []:
                 status = _kernel_peer(p)
-                statuses[status.peer.public_key] = status
+                key = status.peer.public_key
+                # A peer whose AllowedIPs do not fit in one dump message is continued at the
+                # start of the next, with its key and the remaining AllowedIPs only
+                # (wireguard/netlink.c, wg_get_device_dump): join them, or the first part is
+                # lost and every pass re-adds it. Found with 300 peers in the kernel VM.
+                first = statuses.get(key)
+                if first is not None:
+                    allowed = first.peer.allowed_ips + status.peer.allowed_ips
+                    peer = dataclasses.replace(first.peer, allowed_ips=allowed)
+                    status = dataclasses.replace(first, peer=peer)
+                statuses[key] = status
         device = WgDevice(private_key, port, tuple(s.peer for s in statuses.values()), fwmark)
         return DeviceStatus(device, statuses)
 
@@ -581,6 +597,7 @@ class KernelBackend:
             raise WireGuardError(f"setting {describe(ops)} on {ifname}: {exc}") from None
         wg = open_wireguard_genl(self.netns)
         try:
+            await wg.setup_endpoint()  # see read()
             for op in ops:
                 if isinstance(op, SetPrivateKey):
                     await wg.set(ifname, private_key=b64encode(op.private_key).decode())
