@@ -337,7 +337,8 @@ class Daemon:
 
     def _repair_pairs(self) -> None:
         """The repair steps due for degraded pairs (meshd.core.pairrepair): re-create the
-        member's WireGuard peer, or move to its next announced endpoint and re-create it."""
+        member's WireGuard peer, ask it through another member to initiate towards us, or move
+        to its next announced endpoint and re-create it."""
         if self.core is None or self.reconciler is None or self._left:
             return
         now = self.clock()
