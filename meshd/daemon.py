@@ -70,7 +70,7 @@ from meshd.core.errors import MeshError, Reject, RemoteProtocolError
 from meshd.core.identity import WireGuardKey, key_id
 from meshd.core.joingate import JoinGate
 from meshd.core.keyclaims import WgKeyClaims
-from meshd.core.pairrepair import PairRepairs, RepairStep
+from meshd.core.pairrepair import FRESH_HANDSHAKE_S, PairRepairs, RepairStep
 from meshd.core.psk import PskSecrets
 from meshd.core.ratelimit import SourceRateLimiter
 from meshd.core.routes import GatewayOffer, Held, RoutePolicy, choose_gateways, parse_accept
@@ -356,10 +356,16 @@ class Daemon:
                 self.core.ask_to_initiate(node_id, now)
                 self._after_core()
                 continue
+            wg_key = member.ann.wg_key_at(now)
+            age = _handshake_age(self._peer_status(wg_key), now)
+            if age is not None and age < FRESH_HANDSHAKE_S:
+                log.info("pair with %s: WireGuard handshake %.0f s ago; peer left as it is",
+                         member.ann.name, age)  # fmt: skip
+                continue
             choice = self._endpoint_choice.get(node_id)
             if step is RepairStep.NEXT_ENDPOINT and choice is not None:
                 choice.next_endpoint(now)
-            restart.add(member.ann.wg_key_at(now))
+            restart.add(wg_key)
         if restart:
             self._update_desired()  # with the endpoint chosen above
             self.reconciler.restart_handshakes(restart)

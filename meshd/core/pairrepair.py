@@ -9,7 +9,8 @@ the two can talk. The steps, escalating and repeated with a delay that doubles f
    they changed: an address that changed unnoticed (during start-up, say) leaves peers
    sending to where we no longer are.
 2. re-create the member's WireGuard peer with its best announced endpoint: a fresh peer drops a
-   stale endpoint and session and initiates a handshake at once;
+   stale endpoint and session and initiates a handshake at once (not while the peer's
+   handshake is fresh, `FRESH_HANDSHAKE_S`);
 3. ask the member, through another member both reach (`wire.Initiate`), to re-create its peer
    of us and so initiate towards us: the side behind a NAT cannot be reached first and must be
    the one that starts;
@@ -32,6 +33,13 @@ FIRST_DELAY_S = 2.0
 a round trip, and the degraded pair is probed again within `degraded_recheck` (2 s)."""
 MAX_DELAY_S = 60.0
 """Longest wait between attempts: a pair that stays broken costs a peer re-creation a minute."""
+FRESH_HANDSHAKE_S = 15.0
+"""Steps 2 and 4 are skipped while our WireGuard peer had a handshake this recently: its session
+works at the WireGuard level, often on an endpoint WireGuard learnt from the peer's packets (a
+NAT's address, which no announcement holds). Re-creating it, or forcing an announced endpoint,
+drops that: the peer keeps sending on the session we dropped until WireGuard gives it up
+(KEEPALIVE_TIMEOUT + REKEY_TIMEOUT = 15 s). Measured: `bench faults` nat_peer_after_move_s
+3.5 s -> 16 s when the restarted public node re-created its NATed peers."""
 
 
 class RepairStep(enum.StrEnum):
