@@ -116,15 +116,6 @@ def events(node: MeshdNode, since: float) -> list[tuple[float, str, str]]:
     return out
 
 
-async def metric_sum(node: MeshdNode, name: str, label: str = "") -> float:
-    """The sum of a metric's samples (every label set; only those containing `label`)."""
-    total = 0.0
-    for line in (await node.client.metrics()).splitlines():
-        if line.startswith(name) and not line.startswith("#") and label in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 async def rcvbuf_errors(host: LabHost) -> int:
     r = await host.run("cat", "/proc/net/snmp6")
     for line in r.stdout.splitlines():
@@ -216,13 +207,13 @@ class AttackBench:
 
     async def endpoint_injection(self) -> dict[str, object]:
         before = {n.name: await self.peers_by_ips(n) for n in self.honest}
-        refused = {n.name: await metric_sum(n, "meshd_rejected_messages_total", "bad_endpoint")
+        refused = {n.name: await n.metric("meshd_rejected_messages_total", "bad_endpoint")
                    for n in self.honest}  # fmt: skip
         await self.round(["endpoint"], 3.0, self.honest[0].name)
 
         async def all_refused() -> bool:
             for n in self.honest:
-                got = await metric_sum(n, "meshd_rejected_messages_total", "bad_endpoint")
+                got = await n.metric("meshd_rejected_messages_total", "bad_endpoint")
                 if got <= refused[n.name]:
                     return False
             return True
@@ -255,9 +246,9 @@ class AttackBench:
 
     async def join_flood(self, target: MeshdNode, stranger: LabHost) -> dict[str, object]:
         idle = await self.round(["probe"], 5.0, target.name)
-        refused0 = await metric_sum(target, "meshd_rejected_messages_total")
+        refused0 = await target.metric("meshd_rejected_messages_total")
         dropped0 = await rcvbuf_errors(target.host)
-        lag0 = await metric_sum(target, "meshd_loop_lag_max_seconds")
+        lag0 = await target.metric("meshd_loop_lag_max_seconds")
         flood_log = self.tmp / "joinflood.log"
         t0 = time.time()
         flooder = await stranger.spawn(
@@ -281,7 +272,7 @@ class AttackBench:
                     suspected[name] = suspected.get(name, 0) + 1
                 elif ev == "declared dead":
                     deaths += 1
-        lag1 = await metric_sum(target, "meshd_loop_lag_max_seconds")
+        lag1 = await target.metric("meshd_loop_lag_max_seconds")
         rtts = probed["rtt_ms"]
         return {
             "join_flood_false_suspicions": sum(suspected.values()),
@@ -292,7 +283,7 @@ class AttackBench:
             "join_flood_sent": report["sent"],
             "join_flood_seconds": round(t1 - t0, 1),
             "join_flood_refused": int(
-                await metric_sum(target, "meshd_rejected_messages_total") - refused0
+                await target.metric("meshd_rejected_messages_total") - refused0
             ),
             "join_flood_kernel_dropped": await rcvbuf_errors(target.host) - dropped0,
             "join_flood_loop_lag_max_ms": round(lag1 * 1000, 1) if lag1 > lag0 else None,
@@ -306,18 +297,18 @@ class AttackBench:
         }
 
     async def stream_bombs(self, victim: MeshdNode) -> dict[str, object]:
-        before = await metric_sum(victim, "meshd_loop_lag_max_seconds")
+        before = await victim.metric("meshd_loop_lag_max_seconds")
         sampled = 0.0
         bombing = asyncio.create_task(
             self.round(["bombs"], BOMBS_S, victim.name, bomb_every=2.0, bomb_victim=True)
         )
         while not bombing.done():
             with contextlib.suppress(Exception):  # a stalled node may not answer in time
-                lag = await metric_sum(victim, "meshd_loop_lag_seconds ")
+                lag = await victim.metric("meshd_loop_lag_seconds")
                 sampled = max(sampled, lag)
             await asyncio.sleep(0.05)
         await bombing
-        after = await metric_sum(victim, "meshd_loop_lag_max_seconds")
+        after = await victim.metric("meshd_loop_lag_max_seconds")
         stall = max(sampled, after if after > before else 0.0)
         return {
             "stream_bomb_loop_stall_ms": round(stall * 1000, 1),
@@ -397,7 +388,7 @@ async def run(keep_logs: Path | None) -> dict[str, object]:
                     print(f"bench attack: {name} (started {started}): {got}", file=sys.stderr)
                     figures |= got
                 figures["loop_failures"] = int(
-                    sum([await metric_sum(n, "meshd_loop_failures_total") for n in honest])
+                    sum([await n.metric("meshd_loop_failures_total") for n in honest])
                 )
                 figures["hostile_sent"] = bench.sent
             finally:

@@ -428,7 +428,7 @@ class FaultBench:
         # Held until the start-up's join requests (5, 1 s apart) are over, so that only looking
         # across can merge the halves: every node has checked the seed it cannot reach 4 times.
         async def looked_across(n: MeshdNode) -> bool:
-            return await metric(n, "meshd_mesh_checks_total") >= 4
+            return await n.metric("meshd_mesh_checks_total") >= 4
 
         await until_all(self.nodes, looked_across, time.monotonic(), 60, "looked across 4 times")
         await self.faults.restore(cut)
@@ -451,18 +451,6 @@ class FaultBench:
         t0 = time.monotonic()
         await self.mesh.wait_full_mesh(self.nodes, within=120)
         return time.monotonic() - t0
-
-
-async def metric(node: MeshdNode, name: str) -> float:
-    """One unlabelled metric of a node (0 when it does not answer)."""
-    try:
-        text = await node.client.metrics()
-    except Exception:
-        return 0.0
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def save_logs(nodes: list[MeshdNode], directory: Path) -> None:

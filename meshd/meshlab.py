@@ -99,6 +99,19 @@ class MeshdNode:
         except (MeshdNotRunning, MeshdNotAnswering, OSError):
             return None
 
+    async def metric(self, name: str, label: str = "") -> float:
+        """The sum of the samples of metric `name` (every label set, or only those whose line
+        contains `label`) on the node's /metrics; 0.0 when it has none or does not answer."""
+        try:
+            text = await self.client.metrics()
+        except (MeshdNotRunning, MeshdNotAnswering, OSError):
+            return 0.0
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith((name + " ", name + "{")) and label in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
     async def wg_public_key(self) -> bytes:
         """This node's WireGuard public key (kept in its state directory across restarts, so
         it is read once, while the node runs)."""

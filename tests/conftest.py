@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Callable, Mapping
+import subprocess
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -23,3 +25,20 @@ def run_prefix() -> str:
     """Per-run prefix for namespaces, interfaces and files, so parallel runs never collide and
     leftovers are attributable. Short: interface names are limited to 15 characters."""
     return f"m{os.getpid() % 100000:05d}"
+
+
+_netns_counter = itertools.count()
+
+
+@pytest.fixture
+def netns(run_prefix: str) -> Iterator[str]:
+    """A bare network namespace, removed after the test even when it fails (a test that needs
+    no lab: a namespace is two commands, a lab dozens). Skips unless root."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (a network namespace)")
+    name = f"{run_prefix}-ns{next(_netns_counter)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)

@@ -4,11 +4,7 @@ namespace with real nftables: installed, leaves the mesh interface alone, remove
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-from collections.abc import Iterator
-
-import pytest
 
 from meshd.adapters.underlayguard import UnderlayGuard, render_ruleset
 
@@ -21,18 +17,6 @@ def test_ruleset_caps_the_port_and_lets_the_mesh_interface_through() -> None:
     ]
     assert '    iifname "mesh0" accept' in text
     assert "    udp dport 51821 limit rate over 3000/second burst 3000 packets counter drop" in text
-
-
-@pytest.fixture
-def netns(run_prefix: str) -> Iterator[str]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (a network namespace)")
-    name = f"{run_prefix[:8]}ug"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def _tables(netns: str) -> str:

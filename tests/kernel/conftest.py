@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -240,18 +240,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 # --- fixtures of the kernel tests (they run inside the VM) -------------------------------
-
-
-@pytest.fixture
-def netns(run_prefix: str) -> Iterator[str]:
-    """A bare network namespace (the backend tests need no lab: a namespace per test is two
-    commands, a lab dozens, and each costs ~0.1 s on an emulated CPU)."""
-    name = f"{run_prefix}-kb{next(_lab_counter)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 @pytest.fixture

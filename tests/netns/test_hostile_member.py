@@ -20,17 +20,9 @@ import pytest
 
 from meshd.adapters.store import StateStore
 from meshd.lab import Lab, wait_for
-from meshd.meshlab import MESHD_PORT, MeshdNode, MeshLab
+from meshd.meshlab import MESHD_PORT, MeshLab
 
 pytestmark = pytest.mark.netns
-
-
-async def metric(node: MeshdNode, name: str) -> float:
-    total = 0.0
-    for line in (await node.client.metrics()).splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 async def test_a_hostile_member_hurts_only_itself(run_prefix: str, tmp_path: Path) -> None:
@@ -63,7 +55,7 @@ async def test_a_hostile_member_hurts_only_itself(run_prefix: str, tmp_path: Pat
         assert report["sent"]["dead_claims"] >= 9 and report["sent"]["bombs"] >= 4, report
 
         assert await mesh.unreachable_pairs(honest) == []
-        failures = {n.name: await metric(n, "meshd_loop_failures_total") for n in honest}
+        failures = {n.name: await n.metric("meshd_loop_failures_total") for n in honest}
         assert failures == {n.name: 0.0 for n in honest}
         deaths = {
             n.name: n.log_path.read_text().count(f"peer {victim.name} declared dead")
@@ -85,6 +77,6 @@ async def test_a_hostile_member_hurts_only_itself(run_prefix: str, tmp_path: Pat
             hostile_ips = [ips for ips in others
                            if {a.split("/")[0] for a in ips} & certified]  # fmt: skip
             assert all({a.split("/")[0] for a in ips} <= certified for ips in hostile_ips)
-        stalls = {n.name: await metric(n, "meshd_loop_lag_max_seconds") for n in honest}
+        stalls = {n.name: await n.metric("meshd_loop_lag_max_seconds") for n in honest}
         print(f"loop lag max (s): {stalls}; deaths of the victim: {deaths}; hostile: {report}")
         assert max(stalls.values()) < 1.0, stalls

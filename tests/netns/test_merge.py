@@ -72,13 +72,13 @@ async def test_two_meshes_formed_apart_merge_when_the_path_between_them_opens(
         # and only looking across can bring the halves together: each node has checked the
         # seed it cannot reach a few times (1, 2, 4 s apart, jittered).
         async def looked_across() -> bool:
-            return all([await metric(x, "meshd_mesh_checks_total") >= 4 for x in nodes])
+            return all([await x.metric("meshd_mesh_checks_total") >= 4 for x in nodes])
 
         await wait_for(looked_across, 30, "every node to look for the other seed 4 times", 0.5)
         await faults.restore(cut)  # no restart, no operator action
         await mesh.wait_full_mesh(nodes, within=40)
         await mesh.wait_every_pair_pings(nodes, within=30)
-        merges = [await metric(node, "meshd_mesh_merges_total") for node in nodes]
+        merges = [await node.metric("meshd_mesh_merges_total") for node in nodes]
         assert sum(merges) >= 1
 
 
@@ -110,11 +110,3 @@ async def test_a_partition_longer_than_the_tombstones_heals_into_one_mesh(
         await faults.restore(cut)
         await mesh.wait_full_mesh(nodes, within=40)
         await mesh.wait_every_pair_pings(nodes, within=30)
-
-
-async def metric(node: MeshdNode, name: str) -> float:
-    text = await node.client.metrics()
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{node.name} has no metric {name}")
